@@ -1,0 +1,75 @@
+//! The cluster adapter: one adapter type for the IPC bus and for Redis.
+//!
+//! `socketioxide-redis` implements every adapter operation (broadcasts, acks, rooms, remote
+//! sockets) over a small publish/subscribe [`Driver`]. [`ClusterDriver`] is that driver, backed
+//! either by the primary's IPC bus ([`IpcDriver`]) or by Redis, so user code is written once
+//! against [`ClusterAdapter`] and the `--adapter` flag picks the transport.
+
+mod ipc;
+mod tracker;
+mod wire;
+
+use socketioxide::adapter::Emitter;
+use socketioxide_redis::CustomRedisAdapter;
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+
+pub use ipc::{IpcDriver, IpcDriverError};
+
+/// The adapter every worker runs: use it as the adapter type of your handlers.
+///
+/// ```no_run
+/// use sio_cluster::ClusterAdapter;
+/// use socketioxide::extract::SocketRef;
+///
+/// async fn on_connect(socket: SocketRef<ClusterAdapter>) {
+///     socket.join("lobby");
+/// }
+/// ```
+pub type ClusterAdapter = CustomRedisAdapter<Emitter, ClusterDriver>;
+
+/// The transport under [`ClusterAdapter`].
+#[derive(Clone, Debug)]
+pub enum ClusterDriver {
+    /// The primary's IPC bus (default, one host).
+    Ipc(IpcDriver),
+}
+
+/// Errors of [`ClusterDriver`].
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// From the IPC bus.
+    #[error(transparent)]
+    Ipc(#[from] IpcDriverError),
+}
+
+impl Driver for ClusterDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        match self {
+            ClusterDriver::Ipc(d) => Ok(d.publish(chan, val).await?),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        match self {
+            ClusterDriver::Ipc(d) => Ok(d.subscribe(chan, size).await?),
+        }
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        match self {
+            ClusterDriver::Ipc(d) => Ok(d.unsubscribe(chan).await?),
+        }
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        match self {
+            ClusterDriver::Ipc(d) => Ok(d.num_serv(chan).await?),
+        }
+    }
+}

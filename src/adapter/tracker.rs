@@ -1,0 +1,290 @@
+//! Which workers still owe an answer to this worker's adapter requests.
+//!
+//! `socketioxide-redis` waits for a fixed number of answers (the server count it read before
+//! publishing). Redis cannot tell it that a server died, so it waits for its timeout. The IPC
+//! bus can: the primary sends `MemberDown` after the last frame of a dead worker, or
+//! `Undeliverable` when a request could not be queued for a target. The tracker then produces the
+//! answers that worker will never send (no rooms, no sockets, no acks / lost acks) and the request
+//! completes at once with the survivors' answers.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::ipc::message::MemberId;
+
+use super::wire::{self, Stand, kind, response};
+
+/// Progress of one target on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Nothing received yet.
+    Everything,
+    /// `BroadcastAckCount(expected)` received, `got` acks since.
+    Acks { expected: u32, got: u32 },
+    /// Complete.
+    Nothing,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: u8,
+    resp_chan: String,
+    /// Target → (its uid, what it still owes).
+    targets: HashMap<MemberId, (String, Owed)>,
+    deadline: Instant,
+}
+
+/// A stand-in response to inject on a response channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Injection {
+    /// The requester's response channel.
+    pub chan: String,
+    /// Encoded response.
+    pub payload: Vec<u8>,
+}
+
+/// Outstanding requests of this worker.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    reqs: HashMap<String, Pending>,
+    last_gc: Option<Instant>,
+}
+
+impl Tracker {
+    /// Starts tracking a request published on the bus.
+    pub fn track(
+        &mut self,
+        req_id: &str,
+        kind: u8,
+        resp_chan: String,
+        targets: impl IntoIterator<Item = (MemberId, String)>,
+        lifetime: Duration,
+    ) {
+        let now = Instant::now();
+        self.gc(now);
+        let targets: HashMap<_, _> = targets
+            .into_iter()
+            .map(|(m, uid)| (m, (uid, Owed::Everything)))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.reqs.insert(
+            req_id.to_owned(),
+            Pending {
+                kind,
+                resp_chan,
+                targets,
+                deadline: now + lifetime,
+            },
+        );
+    }
+
+    /// Accounts for a response received on one of this worker's response channels.
+    pub fn on_response(&mut self, payload: &[u8]) {
+        let Some(h) = wire::peek_response(payload) else {
+            return;
+        };
+        let Some(p) = self.reqs.get_mut(h.req_id) else {
+            return;
+        };
+        let Some((_, owed)) = p.targets.values_mut().find(|(uid, _)| uid == h.node_id) else {
+            return;
+        };
+        *owed = match (*owed, h.kind, h.count) {
+            (Owed::Everything, response::BROADCAST_ACK_COUNT, Some(0)) => Owed::Nothing,
+            (Owed::Everything, response::BROADCAST_ACK_COUNT, Some(n)) => Owed::Acks {
+                expected: n,
+                got: 0,
+            },
+            (Owed::Acks { expected, got }, response::BROADCAST_ACK, _) if got + 1 >= expected => {
+                Owed::Nothing
+            }
+            (Owed::Acks { expected, got }, response::BROADCAST_ACK, _) => Owed::Acks {
+                expected,
+                got: got + 1,
+            },
+            (Owed::Everything, _, _) if p.kind != kind::BROADCAST_WITH_ACK => Owed::Nothing,
+            (other, _, _) => other,
+        };
+        if p.targets.values().all(|(_, o)| *o == Owed::Nothing) {
+            self.reqs.remove(h.req_id);
+        }
+    }
+
+    /// `member` is gone: produce everything it still owed, for every request.
+    pub fn member_down(&mut self, member: MemberId) -> Vec<Injection> {
+        let ids: Vec<String> = self
+            .reqs
+            .iter()
+            .filter(|(_, p)| p.targets.contains_key(&member))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter()
+            .flat_map(|id| self.give_up(id, member))
+            .collect()
+    }
+
+    /// Request `req_id` never reached `member`.
+    pub fn undeliverable(&mut self, req_id: &str, member: MemberId) -> Vec<Injection> {
+        self.give_up(req_id, member)
+    }
+
+    fn give_up(&mut self, req_id: &str, member: MemberId) -> Vec<Injection> {
+        let Some(p) = self.reqs.get_mut(req_id) else {
+            return Vec::new();
+        };
+        let Some((uid, owed)) = p.targets.get_mut(&member) else {
+            return Vec::new();
+        };
+        let stands: Vec<Stand> = match (*owed, p.kind) {
+            (Owed::Nothing, _) => Vec::new(),
+            (Owed::Everything, kind::ALL_ROOMS) => vec![Stand::NoRooms],
+            (Owed::Everything, kind::FETCH_SOCKETS) => vec![Stand::NoSockets],
+            (Owed::Everything, _) => vec![Stand::NoAcks],
+            (Owed::Acks { expected, got }, _) => {
+                vec![Stand::LostAck; expected.saturating_sub(got) as usize]
+            }
+        };
+        *owed = Owed::Nothing;
+        let out = stands
+            .into_iter()
+            .filter_map(|s| wire::encode_stand_in(req_id, uid, s))
+            .map(|payload| Injection {
+                chan: p.resp_chan.clone(),
+                payload,
+            })
+            .collect();
+        if p.targets.values().all(|(_, o)| *o == Owed::Nothing) {
+            self.reqs.remove(req_id);
+        }
+        out
+    }
+
+    /// Forgets requests past their lifetime (the adapter gave up on them by then).
+    fn gc(&mut self, now: Instant) {
+        if self
+            .last_gc
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_gc = Some(now);
+        self.reqs.retain(|_, p| p.deadline > now);
+    }
+
+    /// Requests still tracked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.reqs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socketioxide_core::adapter::remote_packet::{Response, ResponseType};
+    use socketioxide_core::{Sid, Uid, Value};
+
+    fn count(req: Sid, node: Uid, n: u32) -> Vec<u8> {
+        rmp_serde::to_vec(&(
+            req,
+            Response::<()> {
+                node_id: node,
+                r#type: ResponseType::BroadcastAckCount(n),
+            },
+        ))
+        .unwrap()
+    }
+
+    fn ack(req: Sid, node: Uid) -> Vec<u8> {
+        rmp_serde::to_vec(&(
+            req,
+            Response::<socketioxide::AckError> {
+                node_id: node,
+                r#type: ResponseType::BroadcastAck((Sid::new(), Ok(Value::Str("yes".into(), None)))),
+            },
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn dead_worker_owes_its_missing_acks() {
+        let req = Sid::new();
+        let (b, c) = (Uid::new(), Uid::new());
+        let mut t = Tracker::default();
+        t.track(
+            req.as_str(),
+            kind::BROADCAST_WITH_ACK,
+            "resp".into(),
+            [(MemberId(2), b.to_string()), (MemberId(3), c.to_string())],
+            Duration::from_secs(10),
+        );
+        t.on_response(&count(req, b, 2));
+        t.on_response(&ack(req, b));
+        t.on_response(&count(req, c, 1));
+        t.on_response(&ack(req, c));
+        // c is complete; b owes one ack.
+        let inj = t.member_down(MemberId(2));
+        assert_eq!(inj.len(), 1);
+        let h = wire::peek_response(&inj[0].payload).unwrap();
+        assert_eq!(h.kind, response::BROADCAST_ACK);
+        assert_eq!(h.node_id, b.to_string());
+        assert_eq!(t.len(), 0);
+        // Idempotent: nothing more is owed.
+        assert!(t.member_down(MemberId(2)).is_empty());
+    }
+
+    #[test]
+    fn silent_target_gets_a_zero_count_and_fetch_gets_empty_lists() {
+        let mut t = Tracker::default();
+        let req = Sid::new();
+        let b = Uid::new();
+        t.track(
+            req.as_str(),
+            kind::BROADCAST_WITH_ACK,
+            "resp".into(),
+            [(MemberId(2), b.to_string())],
+            Duration::from_secs(10),
+        );
+        let inj = t.undeliverable(req.as_str(), MemberId(2));
+        assert_eq!(wire::peek_response(&inj[0].payload).unwrap().count, Some(0));
+
+        let req2 = Sid::new();
+        t.track(
+            req2.as_str(),
+            kind::FETCH_SOCKETS,
+            "resp".into(),
+            [(MemberId(2), b.to_string())],
+            Duration::from_secs(10),
+        );
+        let inj = t.member_down(MemberId(2));
+        assert_eq!(inj.len(), 1);
+        assert_eq!(wire::peek_response(&inj[0].payload).unwrap().kind, 3);
+    }
+
+    #[test]
+    fn answered_requests_are_forgotten() {
+        let mut t = Tracker::default();
+        let req = Sid::new();
+        let b = Uid::new();
+        t.track(
+            req.as_str(),
+            kind::ALL_ROOMS,
+            "resp".into(),
+            [(MemberId(5), b.to_string())],
+            Duration::from_secs(10),
+        );
+        let rooms = rmp_serde::to_vec(&(
+            req,
+            Response::<()> {
+                node_id: b,
+                r#type: ResponseType::AllRooms(Default::default()),
+            },
+        ))
+        .unwrap();
+        t.on_response(&rooms);
+        assert_eq!(t.len(), 0);
+        assert!(t.member_down(MemberId(5)).is_empty());
+    }
+}

@@ -1,0 +1,316 @@
+//! The cluster's command line and environment: every app built on `sio-cluster` gets these flags.
+//!
+//! Each flag has an environment variable (`SIO_*`) so the same binary is configured from a
+//! systemd unit's `Environment=` lines or from the command line. Workers are re-executed with
+//! the primary's arguments and environment, so they parse the very same configuration.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How the primary picks a worker for a connection that carries no known session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    /// The ready worker with the fewest open connections (ties: lowest slot).
+    LeastConn,
+    /// Each ready worker in turn.
+    RoundRobin,
+    /// A ready worker chosen at random.
+    Random,
+    /// A hash of the client's IP address over the ready workers.
+    IpHash,
+}
+
+/// Which bus carries adapter operations between workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AdapterKind {
+    /// Through the primary over Unix sockets (one host, no external service).
+    Ipc,
+    /// Through a Redis server (several hosts); needs `--redis-url`.
+    Redis,
+}
+
+/// Number of worker processes: a count, or `auto` for one per available core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workers {
+    /// One per core (`std::thread::available_parallelism`, which honours cgroup quotas).
+    Auto,
+    /// Exactly this many.
+    Count(NonZeroUsize),
+}
+
+impl Workers {
+    /// The number this resolves to on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Auto => std::thread::available_parallelism()
+                .map(NonZeroUsize::get)
+                .unwrap_or(1),
+            Workers::Count(n) => n.get(),
+        }
+    }
+}
+
+impl FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Workers::Count(NonZeroUsize::new(n).unwrap())),
+            _ => Err(format!(
+                "`{s}` is not a worker count: use `auto` or a number from 1 to 1024"
+            )),
+        }
+    }
+}
+
+/// Cluster configuration (flags and `SIO_*` environment variables).
+///
+/// ```no_run
+/// use clap::Parser;
+/// let config = sio_cluster::Config::parse(); // from std::env::args() and SIO_* variables
+/// # let _ = config;
+/// ```
+#[derive(Clone, Debug, Parser)]
+#[command(
+    about = "A Socket.IO app served by a primary process and one worker process per core.",
+    long_about = "A Socket.IO app served by a primary process and one worker process per core.\n\n\
+The primary owns the listening socket, reads each connection's first request head, and passes the \
+connection (the file descriptor itself, no proxying) to the worker that owns its Engine.IO session, \
+or to the least-loaded worker for a new session. Room broadcasts and every adapter operation cross \
+workers over an IPC bus, or over Redis with --adapter redis.\n\n\
+Every flag can also be set by the environment variable shown. Logs go to stderr; RUST_LOG filters them \
+(default: info).",
+    version
+)]
+pub struct Config {
+    /// Public address to listen on (`IP:PORT`; port 0 picks a free port). Ignored when the
+    /// listening socket comes from systemd socket activation (LISTEN_FDS).
+    #[arg(long, env = "SIO_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// Worker processes: a number, or `auto` for one per available core.
+    #[arg(long, env = "SIO_WORKERS", default_value = "auto", value_parser = clap::value_parser!(Workers))]
+    pub workers: Workers,
+
+    /// How new sessions are spread over workers.
+    #[arg(long, env = "SIO_BALANCE", value_enum, default_value_t = Balance::LeastConn)]
+    pub balance: Balance,
+
+    /// Adapter bus between workers: `ipc` (one host) or `redis` (many hosts, needs --redis-url).
+    #[arg(long, env = "SIO_ADAPTER", value_enum, default_value_t = AdapterKind::Ipc)]
+    pub adapter: AdapterKind,
+
+    /// Redis URL for `--adapter redis`, e.g. `redis://:password@10.0.0.5:6379/0` or `rediss://...`.
+    /// Redis 7 or later (RESP3).
+    #[arg(long, env = "SIO_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel, so several apps can share one Redis.
+    #[arg(long, env = "SIO_REDIS_PREFIX", default_value = "socket.io")]
+    pub redis_prefix: String,
+
+    /// How long a worker may take to reach Redis at start before the cluster gives up.
+    #[arg(long, env = "SIO_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub redis_connect_timeout_ms: u64,
+
+    /// Engine.IO ping interval (socketioxide's default when unset: 25000).
+    #[arg(long, env = "SIO_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+
+    /// Engine.IO ping timeout (socketioxide's default when unset: 20000).
+    #[arg(long, env = "SIO_PING_TIMEOUT_MS")]
+    pub ping_timeout_ms: Option<u64>,
+
+    /// Time a client has to connect to a namespace after the handshake (default: 45000).
+    #[arg(long, env = "SIO_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+
+    /// Largest Engine.IO payload accepted from a client, bytes (default: 100000).
+    #[arg(long, env = "SIO_MAX_PAYLOAD")]
+    pub max_payload: Option<u64>,
+
+    /// Timeout of adapter requests that wait for other workers (acks, rooms, fetch_sockets).
+    #[arg(long, env = "SIO_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+
+    /// Sticky cookie: when set, workers set `NAME=w<slot>` on Engine.IO handshakes and the
+    /// primary routes requests without a `sid` (new sessions, your own HTTP routes) that carry
+    /// it to that worker while it is up.
+    #[arg(long, env = "SIO_STICKY_COOKIE", value_name = "NAME")]
+    pub sticky_cookie: Option<String>,
+
+    /// Longest time the primary waits for a connection's first request head.
+    #[arg(long, env = "SIO_HEAD_TIMEOUT_MS", default_value_t = 10_000)]
+    pub head_timeout_ms: u64,
+
+    /// Largest first request head the primary reads (bytes); bigger heads get 431.
+    #[arg(long, env = "SIO_MAX_HEAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_head_bytes: usize,
+
+    /// Most connections waiting for their first request head at once; more get 503.
+    #[arg(long, env = "SIO_MAX_PENDING_HEADS", default_value_t = 4096)]
+    pub max_pending_heads: usize,
+
+    /// Listen backlog.
+    #[arg(long, env = "SIO_BACKLOG", default_value_t = 1024)]
+    pub backlog: i32,
+
+    /// Engine.IO request path.
+    #[arg(long, env = "SIO_PATH", default_value = "/socket.io")]
+    pub path: String,
+
+    /// Tokio threads per worker (1 = a single-threaded runtime, one worker per core).
+    #[arg(long, env = "SIO_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
+    /// Most bytes of bus traffic queued by the primary for one worker; beyond it messages to
+    /// that worker are dropped, counted and logged (a stuck worker cannot exhaust memory).
+    #[arg(long, env = "SIO_BUS_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub bus_queue_bytes: usize,
+
+    /// Time given to workers to finish their connections on shutdown or reload.
+    #[arg(long, env = "SIO_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Time a starting worker has to report ready before it is killed and retried.
+    #[arg(long, env = "SIO_READY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ready_timeout_ms: u64,
+
+    /// Interval of worker heartbeats.
+    #[arg(long, env = "SIO_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// A worker silent for this long is considered hung, killed and replaced.
+    #[arg(long, env = "SIO_HEARTBEAT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Roll (gracefully replace) a worker whose resident memory exceeds this many MiB.
+    #[arg(long, env = "SIO_WORKER_MEMORY_LIMIT_MB")]
+    pub worker_memory_limit_mb: Option<u64>,
+}
+
+impl Config {
+    /// Checks combinations clap cannot express; the message says what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.adapter == AdapterKind::Redis && self.redis_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "--adapter redis needs --redis-url (or SIO_REDIS_URL), e.g. redis://127.0.0.1:6379"
+                    .into(),
+            ));
+        }
+        if self.max_head_bytes < 256 {
+            return Err(ConfigError::Invalid(
+                "--max-head-bytes must be at least 256".into(),
+            ));
+        }
+        if self.max_pending_heads == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-pending-heads must be at least 1".into(),
+            ));
+        }
+        if self.worker_threads == 0 {
+            return Err(ConfigError::Invalid(
+                "--worker-threads must be at least 1".into(),
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "--path `{}` must start with /",
+                self.path
+            )));
+        }
+        if let Some(name) = &self.sticky_cookie
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--sticky-cookie `{name}` is not a valid cookie name (letters, digits, `_-.`)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Head timeout as a [`Duration`].
+    pub fn head_timeout(&self) -> Duration {
+        Duration::from_millis(self.head_timeout_ms)
+    }
+
+    /// The Engine.IO path prefix with a trailing slash, as matched against request paths.
+    pub fn engine_path_prefix(&self) -> String {
+        let mut p = self.path.trim_end_matches('/').to_string();
+        p.push('/');
+        p
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag combination or value is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("app").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.workers, Workers::Auto);
+        assert_eq!(c.balance, Balance::LeastConn);
+        assert_eq!(c.adapter, AdapterKind::Ipc);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = parse(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+            "--balance",
+            "ip-hash",
+            "--sticky-cookie",
+            "sio",
+        ])
+        .unwrap();
+        assert_eq!(c.workers.resolve(), 4);
+        assert_eq!(c.balance, Balance::IpHash);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_say_what_to_do() {
+        let e = parse(&["--workers", "zero"]).unwrap_err().to_string();
+        assert!(e.contains("use `auto` or a number"), "{e}");
+        let c = parse(&["--adapter", "redis"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--redis-url"), "{e}");
+        let c = parse(&["--sticky-cookie", "a b"]).unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn engine_prefix_has_one_trailing_slash() {
+        let mut c = parse(&[]).unwrap();
+        assert_eq!(c.engine_path_prefix(), "/socket.io/");
+        c.path = "/rt/".into();
+        assert_eq!(c.engine_path_prefix(), "/rt/");
+    }
+}

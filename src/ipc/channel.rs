@@ -1,0 +1,308 @@
+//! A typed, message-preserving channel over a `SOCK_SEQPACKET` Unix socket that can carry one
+//! file descriptor per message.
+//!
+//! Each datagram is `[fd count: u8][postcard-encoded message]`. The count is the manifest: the
+//! receiver checks that exactly that many descriptors arrived (and that the kernel did not
+//! truncate the control data, `MSG_CTRUNC`), so a descriptor can never be silently lost or
+//! attached to the wrong message. Descriptors are received with `MSG_CMSG_CLOEXEC`, because
+//! `FD_CLOEXEC` is per descriptor and does not travel with `SCM_RIGHTS`.
+//!
+//! The primary talks to each worker over one such channel: client connections, session
+//! registrations, look-ups, readiness and heartbeats. Bulk adapter traffic uses a separate byte
+//! stream (see [`frame`](super::frame)) so a large broadcast never delays a connection hand-off.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::IpcError;
+
+/// Largest encoded message accepted on a channel. Control messages are small; batches of
+/// session ids are split by the sender to stay under this.
+pub const MAX_MESSAGE: usize = 60 * 1024;
+
+/// Creates a connected pair of non-blocking, close-on-exec `SOCK_SEQPACKET` sockets.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), IpcError> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| IpcError::Socket("socketpair(SOCK_SEQPACKET)", e.into()))
+}
+
+/// One end of a seqpacket channel, shared by a reading task and a writing task.
+#[derive(Debug)]
+struct Socket {
+    fd: AsyncFd<OwnedFd>,
+}
+
+/// Sending half of a typed channel. Cloning shares the socket.
+#[derive(Debug)]
+pub struct Sender<M> {
+    sock: Arc<Socket>,
+    _msg: PhantomData<fn(M)>,
+}
+
+impl<M> Clone for Sender<M> {
+    fn clone(&self) -> Self {
+        Self {
+            sock: self.sock.clone(),
+            _msg: PhantomData,
+        }
+    }
+}
+
+/// Receiving half of a typed channel.
+#[derive(Debug)]
+pub struct Receiver<M> {
+    sock: Arc<Socket>,
+    buf: Box<[u8]>,
+    cmsg: Vec<u8>,
+    _msg: PhantomData<fn() -> M>,
+}
+
+/// Wraps one end of a seqpacket pair into a typed sender and receiver.
+///
+/// `Out` is what this side sends, `In` what it receives. Must be called inside a tokio runtime.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), sio_cluster::ipc::IpcError> {
+/// use sio_cluster::ipc::channel::{channel, seqpacket_pair};
+/// let (a, b) = seqpacket_pair()?;
+/// let (tx, _rx) = channel::<String, String>(a)?;
+/// let (_tx2, mut rx2) = channel::<String, String>(b)?;
+/// tx.send(&"hello".to_string(), None).await?;
+/// let (msg, fd) = rx2.recv().await?.expect("open");
+/// assert_eq!(msg, "hello");
+/// assert!(fd.is_none());
+/// # Ok(()) }
+/// ```
+pub fn channel<Out, In>(fd: OwnedFd) -> Result<(Sender<Out>, Receiver<In>), IpcError> {
+    set_nonblocking(fd.as_fd())?;
+    // SAFETY: `fd` is an open descriptor that the AsyncFd takes ownership of (`OwnedFd`), so it
+    // stays open and refers to the same socket until the AsyncFd is dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(|e| IpcError::Socket("register seqpacket socket", e.into()))?;
+    let sock = Arc::new(Socket { fd });
+    Ok((
+        Sender {
+            sock: sock.clone(),
+            _msg: PhantomData,
+        },
+        Receiver {
+            sock,
+            buf: vec![0u8; MAX_MESSAGE + 1].into_boxed_slice(),
+            cmsg: nix::cmsg_space!([RawFd; 1]),
+            _msg: PhantomData,
+        },
+    ))
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), IpcError> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| IpcError::Socket("fcntl", e.into()))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| IpcError::Socket("fcntl", e.into()))?;
+    Ok(())
+}
+
+impl<M: Serialize> Sender<M> {
+    /// Sends one message, with at most one descriptor.
+    ///
+    /// The descriptor is duplicated into the peer by the kernel; the caller still owns (and
+    /// must close) its copy, which it does by dropping the `OwnedFd` it lent here.
+    pub async fn send(&self, msg: &M, fd: Option<BorrowedFd<'_>>) -> Result<(), IpcError> {
+        let mut data = Vec::with_capacity(64);
+        data.push(u8::from(fd.is_some()));
+        let data = postcard::to_extend(msg, data).map_err(IpcError::Encode)?;
+        if data.len() > MAX_MESSAGE {
+            return Err(IpcError::TooLarge(data.len()));
+        }
+        let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        loop {
+            let mut guard = self
+                .sock
+                .fd
+                .writable()
+                .await
+                .map_err(|e| IpcError::Socket("wait writable", e))?;
+            let res = guard.try_io(|inner| {
+                let iov = [IoSlice::new(&data)];
+                let cmsgs = [ControlMessage::ScmRights(&raw)];
+                let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsgs };
+                socket::sendmsg::<()>(
+                    inner.as_raw_fd(),
+                    &iov,
+                    cmsgs,
+                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match res {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EPIPE) => {
+                    return Err(IpcError::Closed);
+                }
+                Ok(Err(e)) => return Err(IpcError::Socket("sendmsg", e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl<M: DeserializeOwned> Receiver<M> {
+    /// Receives the next message and the descriptor that came with it.
+    ///
+    /// Returns `Ok(None)` once the peer has closed its end (the process exited).
+    pub async fn recv(&mut self) -> Result<Option<(M, Option<OwnedFd>)>, IpcError> {
+        loop {
+            let mut guard = self
+                .sock
+                .fd
+                .readable()
+                .await
+                .map_err(|e| IpcError::Socket("wait readable", e))?;
+            let buf = &mut self.buf;
+            let cmsg = &mut self.cmsg;
+            let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg));
+            match res {
+                Ok(Ok(Ok(None))) => return Ok(None),
+                Ok(Ok(Ok(Some((len, fds))))) => {
+                    let expected = usize::from(self.buf[0]);
+                    if fds.len() != expected {
+                        // The manifest disagrees with what arrived: drop the strays (closing
+                        // them) and report it rather than misattribute a descriptor.
+                        return Err(IpcError::Manifest {
+                            expected,
+                            got: fds.len(),
+                        });
+                    }
+                    let msg = postcard::from_bytes(&self.buf[1..len]).map_err(IpcError::Decode)?;
+                    return Ok(Some((msg, fds.into_iter().next())));
+                }
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(e)) => return Err(IpcError::Socket("recvmsg", e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+type Received = Option<(usize, Vec<OwnedFd>)>;
+
+/// One `recvmsg`; `Ok(None)` on EOF. Runs inside `try_io`, so `WouldBlock` must surface as an
+/// `io::Error` for tokio to clear readiness; everything else is wrapped as `Ok(Err(..))`.
+fn recv_one(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> std::io::Result<Result<Received, IpcError>> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = match socket::recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN) => return Err(std::io::ErrorKind::WouldBlock.into()),
+        Err(nix::errno::Errno::ECONNRESET) => return Ok(Ok(None)),
+        Err(e) => return Ok(Err(IpcError::Socket("recvmsg", e.into()))),
+    };
+    let len = msg.bytes;
+    // Take ownership of every received descriptor first, so none leaks on an error path.
+    let mut fds = Vec::new();
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed `r` in our descriptor table for this
+                    // message (SCM_RIGHTS); nothing else refers to it, so we are its only owner.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+    }
+    if truncated {
+        return Ok(Err(IpcError::Truncated("control data (MSG_CTRUNC)")));
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Ok(Err(IpcError::Truncated("message (MSG_TRUNC)")));
+    }
+    if len == 0 {
+        // A zero-length datagram is never sent by us: SOCK_SEQPACKET reports EOF this way.
+        return Ok(Ok(None));
+    }
+    Ok(Ok(Some((len, fds))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[tokio::test]
+    async fn message_and_fd_cross_the_channel() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (tx, _rx_a) = channel::<Vec<u32>, Vec<u32>>(a).unwrap();
+        let (_tx_b, mut rx) = channel::<Vec<u32>, Vec<u32>>(b).unwrap();
+
+        let (mut left, right) = std::os::unix::net::UnixStream::pair().unwrap();
+        let right: OwnedFd = right.into();
+        tx.send(&vec![1, 2, 3], Some(right.as_fd())).await.unwrap();
+        drop(right); // the sender closes its copy once passed
+
+        let (msg, fd) = rx.recv().await.unwrap().unwrap();
+        assert_eq!(msg, vec![1, 2, 3]);
+        let fd = fd.expect("descriptor travelled with its message");
+        // Received descriptors are close-on-exec.
+        let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let mut received = std::os::unix::net::UnixStream::from(fd);
+        received.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        left.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn eof_when_peer_closes() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (_tx, mut rx) = channel::<u8, u8>(a).unwrap();
+        drop(b);
+        assert!(rx.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn manifest_mismatch_is_reported() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (_tx, mut rx) = channel::<u8, u8>(b).unwrap();
+        // Claim one descriptor but attach none.
+        let data = [1u8, 7];
+        socket::send(a.as_raw_fd(), &data, MsgFlags::empty()).unwrap();
+        match rx.recv().await {
+            Err(IpcError::Manifest { expected: 1, got: 0 }) => {}
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_message_is_refused_by_sender() {
+        let (a, _b) = seqpacket_pair().unwrap();
+        let (tx, _rx) = channel::<Vec<u8>, u8>(a).unwrap();
+        let big = vec![0u8; MAX_MESSAGE + 10];
+        assert!(matches!(tx.send(&big, None).await, Err(IpcError::TooLarge(_))));
+    }
+}

@@ -1,0 +1,136 @@
+//! Control messages between the primary and a worker (carried by [`channel`](super::channel)).
+//!
+//! These are small and latency-sensitive: connection hand-offs, session registration and
+//! look-ups, readiness, load and heartbeats. Anything bulky (adapter traffic) goes over the bus.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sid::SessionId;
+
+/// Identity of one worker process for the primary's whole life: a slot index is reused when a
+/// worker is replaced, a member id never is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MemberId(pub u32);
+
+impl std::fmt::Display for MemberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m{}", self.0)
+    }
+}
+
+/// Where a handed-off connection comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnOrigin {
+    /// A client connection accepted by the primary (the fd is a TCP socket).
+    Accepted,
+    /// A request forwarded by another worker over a Unix socket pair: a keep-alive connection
+    /// owned by `from` carried a request for a session living here. Never forwarded again.
+    Forwarded {
+        /// The worker that forwards.
+        from: MemberId,
+    },
+}
+
+/// What the primary attaches to a descriptor it passes (the manifest of the hand-off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnManifest {
+    /// Connection number assigned by the primary (for logs).
+    pub id: u64,
+    /// The client's address as the primary saw it.
+    pub peer: Option<SocketAddr>,
+    /// Accepted or forwarded.
+    pub origin: ConnOrigin,
+}
+
+/// Primary → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// A connection to serve; its descriptor travels with this message.
+    Conn(ConnManifest),
+    /// The session registered by request `req` is now routed here.
+    SidRegistered {
+        /// Request number chosen by the worker.
+        req: u64,
+    },
+    /// Answer to [`ToPrimary::LookupSid`].
+    SidLocation {
+        /// Request number chosen by the worker.
+        req: u64,
+        /// The live worker owning the session, if any.
+        owner: Option<MemberId>,
+    },
+    /// Stop taking new work; finish what is in flight within `timeout_ms`, then exit.
+    Drain {
+        /// Time left before the primary kills the worker.
+        timeout_ms: u64,
+    },
+}
+
+/// Worker → primary.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToPrimary {
+    /// The app is initialised (namespaces subscribed on the bus); send connections.
+    Ready {
+        /// The socketioxide server id (`Uid`) of this worker, as it appears in adapter messages.
+        server_uid: String,
+    },
+    /// Connections served to completion so far (monotonic), for least-connections balancing.
+    Load {
+        /// Total connections closed since start.
+        closed_total: u64,
+    },
+    /// Liveness signal, sent periodically by the worker's runtime.
+    Heartbeat {
+        /// Increasing counter.
+        seq: u64,
+        /// Resident memory of the worker, bytes.
+        rss_bytes: u64,
+    },
+    /// A polling session was just created here: route its requests here. The worker holds the
+    /// handshake response until [`ToWorker::SidRegistered`] comes back.
+    RegisterSid {
+        /// Request number echoed in the reply.
+        req: u64,
+        /// The new session.
+        sid: SessionId,
+    },
+    /// Sessions that ended or no longer need routing (upgraded to websocket).
+    UnregisterSids {
+        /// The ids, at most a few thousand per message.
+        sids: Vec<SessionId>,
+    },
+    /// Which worker owns this session? (A keep-alive connection carried a foreign sid.)
+    LookupSid {
+        /// Request number echoed in the reply.
+        req: u64,
+        /// The session asked about.
+        sid: SessionId,
+    },
+    /// Pass the attached Unix socket to `target` as a forwarded connection.
+    Forward {
+        /// Destination worker.
+        target: MemberId,
+        /// Address of the client whose request is forwarded.
+        peer: Option<SocketAddr>,
+    },
+}
+
+/// Most session ids sent in one [`ToPrimary::UnregisterSids`] (keeps it under the message cap).
+pub const MAX_SIDS_PER_MESSAGE: usize = 2048;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_unregister_batch_fits_a_message() {
+        let sid = SessionId::parse("AAAAAAAAAAAAAAAA").unwrap();
+        let msg = ToPrimary::UnregisterSids {
+            sids: vec![sid; MAX_SIDS_PER_MESSAGE],
+        };
+        let len = postcard::to_allocvec(&msg).unwrap().len();
+        assert!(len < super::super::channel::MAX_MESSAGE, "{len}");
+    }
+}

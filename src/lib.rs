@@ -1,0 +1,144 @@
+//! # sio-cluster
+//!
+//! Serve a [socketioxide](https://docs.rs/socketioxide) (Socket.IO) app on every core of a
+//! machine, with no proxy and no Redis, and across machines with one flag.
+//!
+//! The binary you build with [`run`] is the whole cluster. Started normally it is the
+//! **primary**: it owns the listening socket, starts one **worker** process per core by
+//! re-executing itself, and passes every client connection (the descriptor, not the bytes) to the
+//! worker that owns its Engine.IO session, or to the least-loaded worker for a new session.
+//! Workers run your handlers. Broadcasts, rooms, acks and remote-socket operations cross
+//! workers through the [`ClusterAdapter`], over an IPC bus relayed by the primary, or over
+//! Redis (`--adapter redis`).
+//!
+//! ```no_run
+//! use sio_cluster::{ClusterAdapter, Config, Worker};
+//! use socketioxide::extract::{Data, SocketRef};
+//!
+//! fn main() -> anyhow::Result<()> {
+//!     let config = <Config as clap::Parser>::parse(); // --listen, --workers, ... and SIO_* env
+//!     sio_cluster::run(config, |Worker { io, .. }| async move {
+//!         io.ns("/", async |socket: SocketRef<ClusterAdapter>| {
+//!             socket.on("chat", async |s: SocketRef<ClusterAdapter>, Data::<String>(msg)| {
+//!                 // Reaches every client, whichever worker holds it.
+//!                 let _ = s.broadcast().emit("chat", &msg).await;
+//!             });
+//!         })
+//!         .await?;
+//!         Ok(axum::Router::new()) // your other HTTP routes
+//!     })?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Modules follow the data: [`supervisor`] (accept → peek → route → hand off), [`worker`]
+//! (serve), [`adapter`] and [`ipc`] (relay).
+
+pub mod adapter;
+pub mod config;
+pub mod ipc;
+mod logging;
+pub mod sid;
+pub mod supervisor;
+pub mod worker;
+
+use std::future::Future;
+
+pub use adapter::ClusterAdapter;
+pub use config::Config;
+pub use sid::SessionId;
+pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerInfo};
+
+/// Boxed error returned by user setup code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can stop the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The primary failed.
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
+    /// A worker failed.
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+    /// The path of the running executable is unknown (needed to start workers).
+    #[error("cannot find the running executable to start workers: {0}")]
+    Exe(#[source] std::io::Error),
+}
+
+/// Builder for a cluster, when the socketioxide builder needs customising.
+///
+/// ```no_run
+/// # fn demo(config: sio_cluster::Config) -> Result<(), sio_cluster::Error> {
+/// sio_cluster::Cluster::new(config)
+///     .socketio(|b| b.max_buffer_size(1024))
+///     .run(|w| async move {
+///         w.io.ns("/", async || {}).await?;
+///         Ok(axum::Router::new())
+///     })
+/// # }
+/// ```
+pub struct Cluster {
+    config: Config,
+    configure: Option<worker::Configure>,
+}
+
+impl Cluster {
+    /// A cluster with this configuration.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            configure: None,
+        }
+    }
+
+    /// Customises the socketioxide builder in every worker (state, parser, buffer sizes...).
+    pub fn socketio(
+        mut self,
+        f: impl FnOnce(
+            socketioxide::SocketIoBuilder<ClusterAdapter>,
+        ) -> socketioxide::SocketIoBuilder<ClusterAdapter>
+        + 'static,
+    ) -> Self {
+        self.configure = Some(Box::new(f));
+        self
+    }
+
+    /// Runs the cluster: as the primary when started by a user, as a worker when started by the
+    /// primary. `app` runs once in each worker to register namespaces (await `io.ns(..)`) and
+    /// returns the axum routes served next to Socket.IO.
+    ///
+    /// Call it from `main` before starting any thread. Blocks until the cluster stops; the
+    /// primary returns `Ok(())` after a clean shutdown (SIGTERM/SIGINT).
+    pub fn run<F, Fut>(self, app: F) -> Result<(), Error>
+    where
+        F: FnOnce(Worker) -> Fut,
+        Fut: Future<Output = Result<axum::Router, BoxError>>,
+    {
+        self.config.validate()?;
+        match worker::WorkerEnv::from_env()? {
+            Some(env) => {
+                logging::init(&format!("worker {}", env.slot));
+                worker::run(env, self.config, self.configure, app).map_err(Error::from)
+            }
+            None => {
+                logging::init("primary");
+                let exe = std::env::current_exe().map_err(Error::Exe)?;
+                let args = std::env::args_os().skip(1).collect();
+                supervisor::run(self.config, exe, args).map_err(Error::from)
+            }
+        }
+    }
+}
+
+/// Runs the cluster with `config`; see [`Cluster::run`].
+pub fn run<F, Fut>(config: Config, app: F) -> Result<(), Error>
+where
+    F: FnOnce(Worker) -> Fut,
+    Fut: Future<Output = Result<axum::Router, BoxError>>,
+{
+    Cluster::new(config).run(app)
+}

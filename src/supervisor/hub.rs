@@ -1,0 +1,485 @@
+//! The bus hub: relays adapter traffic between workers and knows who is alive.
+//!
+//! Every worker's bus socket ends here. A publish is encoded once and queued, shared, for each
+//! subscriber of its channel (or only the targets a request names). Frames from one worker are
+//! handled in the order they arrive and appended to each destination queue in that order, so a
+//! worker's publications reach every other worker in publish order.
+//!
+//! Each destination queue is bounded in bytes: a slow or stuck worker cannot make the primary's
+//! memory grow without limit or slow the others. What does not fit is dropped, counted and logged;
+//! a dropped request is reported to its sender as `Undeliverable`, so it does not wait for an
+//! answer that will not come. When a worker's bus closes (it exited), the others get `MemberDown`
+//! after everything it sent before.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::ipc::bus::{BusDown, BusUp, Member};
+use crate::ipc::frame::{self, FrameReader};
+use crate::ipc::message::MemberId;
+
+/// Outgoing queue towards one worker.
+#[derive(Debug, Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    last_warn: Arc<Mutex<Option<Instant>>>,
+}
+
+#[derive(Debug)]
+struct HubMember {
+    uid: Option<String>,
+    ready: bool,
+    outbox: Outbox,
+    subs: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    members: HashMap<MemberId, HubMember>,
+    chans: HashMap<String, Vec<MemberId>>,
+}
+
+/// Bus counters, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HubStats {
+    /// Frames relayed.
+    pub relayed: u64,
+    /// Frames dropped because a destination queue was full.
+    pub dropped: u64,
+}
+
+/// The relay between workers' bus sockets.
+#[derive(Debug)]
+pub struct Hub {
+    state: RwLock<HubState>,
+    limit: usize,
+    relayed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+enum Push {
+    Queued,
+    Dropped,
+}
+
+impl Hub {
+    /// A hub that queues at most `limit` bytes for any one worker.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: RwLock::default(),
+            limit,
+            relayed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts relaying for `member` on its bus socket.
+    pub fn attach(self: &Arc<Self>, member: MemberId, stream: UnixStream) {
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Outbox {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+            last_warn: Arc::new(Mutex::new(None)),
+        };
+        self.state.write().unwrap().members.insert(
+            member,
+            HubMember {
+                uid: None,
+                ready: false,
+                outbox: outbox.clone(),
+                subs: HashSet::new(),
+            },
+        );
+        tokio::spawn(write_loop(
+            BufWriter::with_capacity(64 * 1024, wr),
+            rx,
+            outbox.queued,
+        ));
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, rd));
+            loop {
+                match reader.next::<BusUp<'_>>().await {
+                    Ok(Some(up)) => hub.on_frame(member, up),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(worker = %member, "bus read failed: {e}");
+                        break;
+                    }
+                }
+            }
+            hub.detach(member);
+        });
+    }
+
+    /// Counts `member` as a responder from now on.
+    pub fn set_ready(&self, member: MemberId, uid: String) {
+        if let Some(m) = self.state.write().unwrap().members.get_mut(&member) {
+            m.uid = Some(uid);
+            m.ready = true;
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            relayed: self.relayed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn on_frame(&self, from: MemberId, up: BusUp<'_>) {
+        match up {
+            BusUp::Subscribe { chan } => {
+                let mut st = self.state.write().unwrap();
+                let Some(m) = st.members.get_mut(&from) else {
+                    return;
+                };
+                if m.subs.insert(chan.to_string()) {
+                    st.chans.entry(chan.into_owned()).or_default().push(from);
+                }
+            }
+            BusUp::Unsubscribe { chan } => {
+                let mut st = self.state.write().unwrap();
+                if let Some(m) = st.members.get_mut(&from) {
+                    m.subs.remove(chan.as_ref());
+                }
+                if let Some(list) = st.chans.get_mut(chan.as_ref()) {
+                    list.retain(|m| *m != from);
+                    if list.is_empty() {
+                        st.chans.remove(chan.as_ref());
+                    }
+                }
+            }
+            BusUp::Publish {
+                chan,
+                payload,
+                request,
+            } => {
+                let st = self.state.read().unwrap();
+                let Some(subs) = st.chans.get(chan.as_ref()) else {
+                    drop(st);
+                    if let Some(req) = request {
+                        for t in req.targets.iter() {
+                            self.undeliverable(from, &req.req_id, *t);
+                        }
+                    }
+                    return;
+                };
+                let frame = match frame::encode(&BusDown::Deliver {
+                    chan: Cow::Borrowed(&chan),
+                    payload,
+                }) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(worker = %from, "cannot relay a bus message: {e}");
+                        return;
+                    }
+                };
+                match &request {
+                    None => {
+                        for to in subs.iter().filter(|m| **m != from) {
+                            if let Some(m) = st.members.get(to) {
+                                let _ = self.push(*to, &m.outbox, frame.clone(), false);
+                            }
+                        }
+                    }
+                    Some(req) => {
+                        let mut missed = Vec::new();
+                        for to in req.targets.iter() {
+                            let delivered = subs.contains(to)
+                                && st.members.get(to).is_some_and(|m| {
+                                    matches!(
+                                        self.push(*to, &m.outbox, frame.clone(), false),
+                                        Push::Queued
+                                    )
+                                });
+                            if !delivered {
+                                missed.push(*to);
+                            }
+                        }
+                        drop(st);
+                        for to in missed {
+                            self.undeliverable(from, &req.req_id, to);
+                        }
+                    }
+                }
+            }
+            BusUp::NumServ { id, chan } => {
+                let st = self.state.read().unwrap();
+                let members: Vec<Member<'_>> = st
+                    .chans
+                    .get(chan.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| {
+                        let m = st.members.get(id)?;
+                        (m.ready || *id == from).then(|| Member {
+                            id: *id,
+                            uid: Cow::Owned(m.uid.clone().unwrap_or_default()),
+                        })
+                    })
+                    .collect();
+                let reply = frame::encode(&BusDown::NumServReply { id, members });
+                if let (Ok(reply), Some(m)) = (reply, st.members.get(&from)) {
+                    let _ = self.push(from, &m.outbox, reply, true);
+                }
+            }
+        }
+    }
+
+    fn undeliverable(&self, requester: MemberId, req_id: &str, target: MemberId) {
+        let st = self.state.read().unwrap();
+        let Some(m) = st.members.get(&requester) else {
+            return;
+        };
+        if let Ok(f) = frame::encode(&BusDown::Undeliverable {
+            req_id: Cow::Borrowed(req_id),
+            member: target,
+        }) {
+            let _ = self.push(requester, &m.outbox, f, true);
+        }
+    }
+
+    /// Queues `frame` for `to`; `force` bypasses the byte limit (tiny control frames).
+    fn push(&self, to: MemberId, outbox: &Outbox, frame: Bytes, force: bool) -> Push {
+        let len = frame.len();
+        let queued = outbox.queued.load(Ordering::Relaxed);
+        if !force && queued > 0 && queued + len > self.limit {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            let total = outbox.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last = outbox.last_warn.lock().unwrap();
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    worker = %to,
+                    queued_bytes = queued,
+                    dropped_total = total,
+                    "bus queue towards this worker is full (--bus-queue-bytes); dropping messages to it"
+                );
+            }
+            return Push::Dropped;
+        }
+        outbox.queued.fetch_add(len, Ordering::Relaxed);
+        if outbox.tx.send(frame).is_err() {
+            outbox.queued.fetch_sub(len, Ordering::Relaxed);
+            return Push::Dropped;
+        }
+        self.relayed.fetch_add(1, Ordering::Relaxed);
+        Push::Queued
+    }
+
+    /// `member`'s bus closed: forget it and tell the others, after its last frame.
+    fn detach(&self, member: MemberId) {
+        let mut st = self.state.write().unwrap();
+        let Some(gone) = st.members.remove(&member) else {
+            return;
+        };
+        for chan in &gone.subs {
+            if let Some(list) = st.chans.get_mut(chan) {
+                list.retain(|m| *m != member);
+                if list.is_empty() {
+                    st.chans.remove(chan);
+                }
+            }
+        }
+        let dropped = gone.outbox.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(worker = %member, dropped, "bus messages were dropped towards this worker");
+        }
+        let Ok(f) = frame::encode(&BusDown::MemberDown { member }) else {
+            return;
+        };
+        for (id, m) in st.members.iter() {
+            let _ = self.push(*id, &m.outbox, f.clone(), true);
+        }
+        tracing::debug!(worker = %member, "left the bus");
+    }
+}
+
+async fn write_loop(
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
+    while let Some(frame) = rx.recv().await {
+        let mut written = frame.len();
+        if wr.write_all(&frame).await.is_err() {
+            return;
+        }
+        while let Ok(frame) = rx.try_recv() {
+            written += frame.len();
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+            if written > 1024 * 1024 {
+                break;
+            }
+        }
+        if wr.flush().await.is_err() {
+            return;
+        }
+        queued.fetch_sub(written, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::bus::RequestMeta;
+    use tokio::io::AsyncWriteExt;
+
+    struct Peer {
+        wr: tokio::net::unix::OwnedWriteHalf,
+        rd: FrameReader<tokio::net::unix::OwnedReadHalf>,
+    }
+
+    impl Peer {
+        async fn send(&mut self, up: &BusUp<'_>) {
+            self.wr.write_all(&frame::encode(up).unwrap()).await.unwrap();
+        }
+        async fn recv(&mut self) -> String {
+            let d: BusDown = tokio::time::timeout(Duration::from_secs(5), self.rd.next())
+                .await
+                .expect("frame in time")
+                .unwrap()
+                .unwrap();
+            match d {
+                BusDown::Deliver { chan, payload } => {
+                    format!("deliver {chan} {}", String::from_utf8_lossy(payload))
+                }
+                BusDown::NumServReply { members, .. } => {
+                    let ids: Vec<_> = members.iter().map(|m| m.id.0).collect();
+                    format!("numserv {ids:?}")
+                }
+                BusDown::MemberDown { member } => format!("down {}", member.0),
+                BusDown::Undeliverable { req_id, member } => {
+                    format!("undeliverable {req_id} {}", member.0)
+                }
+            }
+        }
+    }
+
+    fn join(hub: &Arc<Hub>, id: u32) -> Peer {
+        let (a, b) = UnixStream::pair().unwrap();
+        hub.attach(MemberId(id), a);
+        hub.set_ready(MemberId(id), format!("uid{id}"));
+        let (rd, wr) = b.into_split();
+        Peer {
+            wr,
+            rd: FrameReader::new(rd),
+        }
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn relays_in_order_to_subscribers_only() {
+        let hub = Hub::new(1 << 20);
+        let mut a = join(&hub, 1);
+        let mut b = join(&hub, 2);
+        let mut c = join(&hub, 3);
+        for p in [&mut a, &mut b] {
+            p.send(&BusUp::Subscribe { chan: "x".into() }).await;
+        }
+        settle().await;
+        for i in 0..100 {
+            let payload = format!("{i}");
+            c.send(&BusUp::Publish {
+                chan: "x".into(),
+                payload: payload.as_bytes(),
+                request: None,
+            })
+            .await;
+        }
+        for p in [&mut a, &mut b] {
+            for i in 0..100 {
+                assert_eq!(p.recv().await, format!("deliver x {i}"));
+            }
+        }
+        // The publisher gets nothing back, even if subscribed.
+        a.send(&BusUp::Publish {
+            chan: "x".into(),
+            payload: b"from-a",
+            request: None,
+        })
+        .await;
+        assert_eq!(b.recv().await, "deliver x from-a");
+        c.send(&BusUp::NumServ { id: 1, chan: "x".into() }).await;
+        assert_eq!(c.recv().await, "numserv [1, 2]");
+    }
+
+    #[tokio::test]
+    async fn dead_member_is_announced_after_its_frames_and_requests_to_it_are_undeliverable() {
+        let hub = Hub::new(1 << 20);
+        let mut a = join(&hub, 1);
+        let mut b = join(&hub, 2);
+        b.send(&BusUp::Subscribe { chan: "r".into() }).await;
+        a.send(&BusUp::Subscribe { chan: "resp".into() }).await;
+        settle().await;
+        b.send(&BusUp::Publish {
+            chan: "resp".into(),
+            payload: b"last words",
+            request: None,
+        })
+        .await;
+        drop(b);
+        assert_eq!(a.recv().await, "deliver resp last words");
+        assert_eq!(a.recv().await, "down 2");
+        let targets = [MemberId(2)];
+        a.send(&BusUp::Publish {
+            chan: "r".into(),
+            payload: b"req",
+            request: Some(RequestMeta {
+                req_id: "AAAAAAAAAAAAAAAA".into(),
+                targets: Cow::Borrowed(&targets),
+            }),
+        })
+        .await;
+        assert_eq!(a.recv().await, "undeliverable AAAAAAAAAAAAAAAA 2");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_worker_gets_a_bounded_queue() {
+        let hub = Hub::new(64 * 1024);
+        let mut a = join(&hub, 1);
+        let stuck = join(&hub, 2); // never reads
+        let (_stuck_rd, mut stuck_wr) = (stuck.rd, stuck.wr);
+        stuck_wr
+            .write_all(&frame::encode(&BusUp::Subscribe { chan: "x".into() }).unwrap())
+            .await
+            .unwrap();
+        settle().await;
+        let big = vec![b'z'; 32 * 1024];
+        for _ in 0..200 {
+            a.send(&BusUp::Publish {
+                chan: "x".into(),
+                payload: &big,
+                request: None,
+            })
+            .await;
+        }
+        settle().await;
+        let stats = hub.stats();
+        assert!(stats.dropped > 0, "{stats:?}");
+        // Socket buffers hold some; the hub's own queue never exceeds its limit by more than one
+        // frame.
+        let st = hub.state.read().unwrap();
+        let queued = st.members[&MemberId(2)].outbox.queued.load(Ordering::Relaxed);
+        assert!(queued <= 64 * 1024 + big.len() + 64, "{queued}");
+    }
+}

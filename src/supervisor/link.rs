@@ -1,0 +1,157 @@
+//! The primary's end of one worker's control channel.
+//!
+//! A writer task drains the worker's queue into the socket, closing the primary's copy of each
+//! descriptor once it is sent. A reader task serves the worker's requests: readiness, load,
+//! heartbeats, session registration and look-up, and forwarded connections.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::ipc::channel::{self, Receiver, Sender};
+use crate::ipc::message::{ConnManifest, ConnOrigin, ToPrimary, ToWorker};
+use crate::ipc::IpcError;
+
+use super::slot::{Outgoing, Phase, WorkerHandle};
+use super::{Event, Shared};
+
+/// Starts both tasks of the link.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    handle: Arc<WorkerHandle>,
+    ctl: OwnedFd,
+    queue: mpsc::Receiver<Outgoing>,
+) -> Result<(), IpcError> {
+    let (tx, rx) = channel::channel::<ToWorker, ToPrimary>(ctl)?;
+    tokio::spawn(write_loop(shared.clone(), handle.clone(), tx, queue));
+    tokio::spawn(read_loop(shared, handle, rx));
+    Ok(())
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    handle: Arc<WorkerHandle>,
+    tx: Sender<ToWorker>,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(Outgoing { msg, fd }) = queue.recv().await {
+        match tx.send(&msg, fd.as_ref().map(|f| f.as_fd())).await {
+            // `fd` is dropped here: the primary's copy is closed once the worker has its own.
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(worker = %handle.member, "control channel closed: {e}");
+                rehome(&shared, msg, fd);
+                break;
+            }
+        }
+    }
+    // The worker is gone: connections still queued for it were never received, so their first
+    // bytes are unread and they can be routed again.
+    queue.close();
+    while let Some(Outgoing { msg, fd }) = queue.recv().await {
+        rehome(&shared, msg, fd);
+    }
+}
+
+fn rehome(shared: &Arc<Shared>, msg: ToWorker, fd: Option<OwnedFd>) {
+    if let (
+        ToWorker::Conn(ConnManifest {
+            origin: ConnOrigin::Accepted,
+            peer: Some(peer),
+            ..
+        }),
+        Some(fd),
+    ) = (msg, fd)
+    {
+        shared.rehome(fd, peer);
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Receiver<ToPrimary>) {
+    let member = handle.member;
+    loop {
+        let (msg, fd) = match rx.recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(worker = %member, "control channel error: {e}");
+                break;
+            }
+        };
+        match msg {
+            ToPrimary::Ready { server_uid } => {
+                let _ = handle.uid.set(server_uid.clone());
+                if handle.phase() == Phase::Starting {
+                    handle.set_phase(Phase::Ready);
+                }
+                shared.hub.set_ready(member, server_uid);
+                let _ = shared.events.send(Event::Ready(member));
+            }
+            ToPrimary::Load { closed_total } => {
+                handle.closed.store(closed_total, Ordering::Relaxed);
+            }
+            ToPrimary::Heartbeat { seq: _, rss_bytes } => {
+                *handle.last_heartbeat.lock().unwrap() = Instant::now();
+                handle.rss.store(rss_bytes, Ordering::Relaxed);
+            }
+            ToPrimary::RegisterSid { req, sid } => {
+                shared.sids.lock().unwrap().insert(sid, member);
+                if handle.send(ToWorker::SidRegistered { req }, None).await.is_err() {
+                    break;
+                }
+            }
+            ToPrimary::UnregisterSids { sids } => {
+                let mut table = shared.sids.lock().unwrap();
+                for sid in &sids {
+                    table.remove(sid, member);
+                }
+            }
+            ToPrimary::LookupSid { req, sid } => {
+                let owner = shared.sids.lock().unwrap().owner(&sid);
+                let owner = owner.filter(|m| {
+                    shared
+                        .roster
+                        .read()
+                        .unwrap()
+                        .get(*m)
+                        .is_some_and(|h| h.is_alive())
+                });
+                if handle
+                    .send(ToWorker::SidLocation { req, owner }, None)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            ToPrimary::Forward { target, peer } => {
+                let Some(fd) = fd else {
+                    tracing::warn!(worker = %member, "forward request without a socket; ignored");
+                    continue;
+                };
+                let dest = shared.roster.read().unwrap().get(target).cloned();
+                match dest {
+                    Some(dest) if dest.is_alive() => {
+                        let id = shared.stats.handed.fetch_add(1, Ordering::Relaxed);
+                        dest.handed.fetch_add(1, Ordering::Relaxed);
+                        let manifest = ConnManifest {
+                            id,
+                            peer,
+                            origin: ConnOrigin::Forwarded { from: member },
+                        };
+                        // Dropping the socket on failure closes it; the forwarding worker then
+                        // answers its client with an error.
+                        let _ = dest.send(ToWorker::Conn(manifest), Some(fd)).await;
+                    }
+                    _ => {
+                        tracing::debug!(worker = %member, %target, "forward target is gone");
+                    }
+                }
+            }
+        }
+    }
+    let _ = shared.events.send(Event::LinkClosed(member));
+}

@@ -1,0 +1,80 @@
+//! The public listening socket: bound here with socket2, or received from systemd.
+//!
+//! With socket activation (`LISTEN_FDS`/`LISTEN_PID`, see `sd_listen_fds(3)`), systemd passes
+//! the socket as descriptor 3; `--listen` is then ignored. Either way the socket is
+//! close-on-exec (workers never accept: they get connections one by one) and non-blocking.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::SupervisorError;
+
+/// First descriptor passed by systemd.
+const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// Where the listening socket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenSource {
+    /// Bound by us.
+    Bound,
+    /// Passed by systemd socket activation.
+    Activated,
+}
+
+/// Binds `addr` with `SO_REUSEADDR` and the given backlog.
+pub fn bind(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, SupervisorError> {
+    let err = |what: &'static str| move |e| SupervisorError::Listen(addr.to_string(), what, e);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
+        .map_err(err("create socket"))?;
+    socket.set_reuse_address(true).map_err(err("set SO_REUSEADDR"))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.bind(&addr.into()).map_err(err("bind"))?;
+    socket.listen(backlog).map_err(err("listen"))?;
+    socket.set_nonblocking(true).map_err(err("set non-blocking"))?;
+    Ok(socket.into())
+}
+
+/// Takes the socket passed by systemd, if this process was socket-activated.
+///
+/// Must run before any other descriptor is opened or any thread reads the environment.
+pub fn from_systemd() -> Result<Option<std::net::TcpListener>, SupervisorError> {
+    let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let n: i32 = fds.parse().map_err(|_| SupervisorError::Activation(format!("LISTEN_FDS=`{fds}` is not a number")))?;
+    if n < 1 {
+        return Ok(None);
+    }
+    if n > 1 {
+        tracing::warn!("systemd passed {n} sockets; using the first (fd 3) and closing the others");
+        for fd in SD_LISTEN_FDS_START + 1..SD_LISTEN_FDS_START + n {
+            // SAFETY: systemd passed these descriptors to us (LISTEN_FDS) and nothing else in
+            // this process refers to them; taking ownership closes them on drop.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    // SAFETY: LISTEN_PID names this process, so descriptor 3 was passed by systemd for us to
+    // own, and nothing else in the process has taken it.
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    let socket = Socket::from(fd);
+    match socket.r#type() {
+        Ok(t) if t == Type::STREAM => {}
+        _ => {
+            return Err(SupervisorError::Activation(
+                "the socket passed by systemd is not a TCP stream socket (ListenStream= expected)".into(),
+            ));
+        }
+    }
+    socket
+        .set_cloexec(true)
+        .and_then(|_| socket.set_nonblocking(true))
+        .map_err(|e| SupervisorError::Activation(format!("cannot configure the passed socket: {e}")))?;
+    Ok(Some(socket.into()))
+}

@@ -1,0 +1,530 @@
+//! A worker process: serves the connections the primary passes it, with the user's app.
+//!
+//! Started by the primary re-executing the binary with [`WorkerEnv`] in the environment. It
+//! builds socketioxide with the [`ClusterAdapter`](crate::ClusterAdapter), runs the user's setup,
+//! reports ready, then serves each received descriptor ([`serve`]) behind the session router
+//! ([`session`]). It exits when the primary tells it to drain, or as soon as the primary is gone
+//! (control channel end of file, or `PR_SET_PDEATHSIG`).
+
+pub(crate) mod control;
+pub(crate) mod forward;
+pub(crate) mod lease;
+pub(crate) mod serve;
+pub(crate) mod session;
+
+use std::future::Future;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::HeaderValue;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::service::SocketIoService;
+use socketioxide::{SocketIo, SocketIoBuilder, SocketIoConfig};
+use socketioxide_core::Uid;
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
+use tokio::sync::watch;
+use tower_layer::Layer;
+
+use crate::adapter::{ClusterAdapter, ClusterDriver, IpcDriver};
+use crate::config::{AdapterKind, Config};
+use crate::ipc::channel;
+use crate::ipc::message::{MAX_SIDS_PER_MESSAGE, MemberId, ToPrimary, ToWorker};
+use crate::sid::SessionId;
+use crate::supervisor::peek::slot_token;
+
+pub use session::ClientAddr;
+
+use control::Control;
+use lease::Leases;
+
+/// Channel prefix of the IPC bus (one host, one app: no need to configure it).
+const IPC_PREFIX: &str = "socket.io";
+
+/// The service a worker runs for each connection: socketioxide in front of the user's routes.
+pub(crate) type AppService = SocketIoService<axum::Router, ClusterAdapter>;
+
+/// Errors of a worker process.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker environment variable is malformed (not started by a primary?).
+    #[error("malformed {var}: {0} (workers are started by the primary; do not set it by hand)", var = WorkerEnv::VAR)]
+    Env(String),
+    /// The primary that started this worker is gone.
+    #[error("the primary (pid {0}) is gone; exiting")]
+    PrimaryGone(u32),
+    /// The primary did not answer in time.
+    #[error("the primary did not answer in time")]
+    PrimaryUnresponsive,
+    /// The user's setup failed.
+    #[error("app setup failed: {0}")]
+    App(#[source] crate::BoxError),
+    /// The adapter could not start (e.g. Redis unreachable).
+    #[error("adapter: {0}")]
+    Adapter(String),
+    /// The runtime could not be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// IPC failure.
+    #[error(transparent)]
+    Ipc(#[from] crate::ipc::IpcError),
+}
+
+/// What the primary tells a worker it starts (in the `SIO_CLUSTER_WORKER` variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerEnv {
+    /// Slot index (0..N).
+    pub slot: usize,
+    /// Member id of this process.
+    pub member: MemberId,
+    /// Inherited control channel descriptor.
+    pub ctl_fd: RawFd,
+    /// Inherited bus descriptor.
+    pub bus_fd: RawFd,
+    /// Pid of the primary.
+    pub primary_pid: u32,
+}
+
+impl WorkerEnv {
+    /// Name of the environment variable.
+    pub const VAR: &'static str = "SIO_CLUSTER_WORKER";
+
+    /// Encodes for the environment.
+    pub fn encode(&self) -> String {
+        format!(
+            "slot={};member={};ctl={};bus={};primary={}",
+            self.slot, self.member.0, self.ctl_fd, self.bus_fd, self.primary_pid
+        )
+    }
+
+    /// Reads the variable: `None` in the primary, an error if malformed.
+    pub fn from_env() -> Result<Option<Self>, WorkerError> {
+        match std::env::var(Self::VAR) {
+            Ok(v) => Self::from_str(&v).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl FromStr for WorkerEnv {
+    type Err = WorkerError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut env = WorkerEnv {
+            slot: usize::MAX,
+            member: MemberId(u32::MAX),
+            ctl_fd: -1,
+            bus_fd: -1,
+            primary_pid: 0,
+        };
+        for kv in s.split(';') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| WorkerError::Env(format!("`{kv}` is not key=value")))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| WorkerError::Env(format!("`{k}={v}` is not a number")))
+            };
+            match k {
+                "slot" => env.slot = num(v)? as usize,
+                "member" => env.member = MemberId(num(v)? as u32),
+                "ctl" => env.ctl_fd = num(v)? as RawFd,
+                "bus" => env.bus_fd = num(v)? as RawFd,
+                "primary" => env.primary_pid = num(v)? as u32,
+                _ => return Err(WorkerError::Env(format!("unknown key `{k}`"))),
+            }
+        }
+        if env.slot == usize::MAX || env.ctl_fd < 0 || env.bus_fd < 0 || env.primary_pid == 0 {
+            return Err(WorkerError::Env(format!("`{s}` is incomplete")));
+        }
+        Ok(env)
+    }
+}
+
+/// What the user's setup receives in each worker.
+///
+/// ```no_run
+/// # fn demo(worker: sio_cluster::Worker) {
+/// let sio_cluster::Worker { io, info } = worker;
+/// println!("worker {} of {} (pid {})", info.index, info.workers, info.pid);
+/// # let _ = io;
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    /// The socketioxide handle: register namespaces with `io.ns(..)` (await it).
+    pub io: SocketIo<ClusterAdapter>,
+    /// Who this worker is.
+    pub info: WorkerInfo,
+    /// Cluster-wide facts the adapter knows (server count).
+    pub cluster: ClusterHandle,
+}
+
+/// Asks the adapter's bus about the cluster; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    driver: ClusterDriver,
+    prefix: String,
+}
+
+impl ClusterHandle {
+    /// Number of servers (workers; across hosts in Redis mode) serving namespace `ns`, this one
+    /// included, as the adapter counts them for requests.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: sio_cluster::worker::ClusterHandle) {
+    /// let n = cluster.server_count("/").await.unwrap_or(1);
+    /// # let _ = n;
+    /// # }
+    /// ```
+    pub async fn server_count(&self, ns: &str) -> Result<u16, crate::adapter::DriverError> {
+        use socketioxide_redis::drivers::Driver;
+        self.driver
+            .num_serv(&format!("{}-request#{ns}#", self.prefix))
+            .await
+    }
+}
+
+/// Identity of the current worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Slot index, 0..workers.
+    pub index: usize,
+    /// Number of worker slots.
+    pub workers: usize,
+    /// OS process id.
+    pub pid: u32,
+    /// Adapter in use.
+    pub adapter: AdapterKind,
+}
+
+/// Counters of a worker.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerStats {
+    /// Requests forwarded to another worker.
+    pub forwarded: AtomicU64,
+}
+
+/// State shared by a worker's tasks.
+pub(crate) struct WorkerShared {
+    pub member: MemberId,
+    pub control: Control,
+    pub leases: Leases,
+    pub engine_prefix: String,
+    pub cookie: Option<HeaderValue>,
+    pub open: AtomicU64,
+    pub closed_total: AtomicU64,
+    pub drain: watch::Sender<bool>,
+    pub stats: WorkerStats,
+}
+
+impl WorkerShared {
+    /// Accounts for a connection that finished.
+    pub fn conn_closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.closed_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tells the primary these sessions no longer route here.
+    pub fn unregister(&self, sids: Vec<SessionId>) {
+        for chunk in sids.chunks(MAX_SIDS_PER_MESSAGE) {
+            self.control.send(
+                ToPrimary::UnregisterSids {
+                    sids: chunk.to_vec(),
+                },
+                None,
+            );
+        }
+    }
+}
+
+/// Type of the optional socketioxide builder customisation.
+pub(crate) type Configure =
+    Box<dyn FnOnce(SocketIoBuilder<ClusterAdapter>) -> SocketIoBuilder<ClusterAdapter>>;
+
+/// Runs this process as a worker until the primary stops it.
+pub(crate) fn run<F, Fut>(
+    env: WorkerEnv,
+    config: Config,
+    configure: Option<Configure>,
+    app: F,
+) -> Result<(), WorkerError>
+where
+    F: FnOnce(Worker) -> Fut,
+    Fut: Future<Output = Result<axum::Router, crate::BoxError>>,
+{
+    // SAFETY: `run` is documented to be called from `main` before the program starts threads;
+    // no other thread can read the environment concurrently.
+    unsafe { std::env::remove_var(WorkerEnv::VAR) };
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() } as u32;
+    if ppid != env.primary_pid {
+        return Err(WorkerError::PrimaryGone(env.primary_pid));
+    }
+    let ctl = take_fd(env.ctl_fd)?;
+    let bus = take_fd(env.bus_fd)?;
+
+    let rt = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(WorkerError::Runtime)?;
+    rt.block_on(main(env, config, configure, app, ctl, bus))
+}
+
+/// Takes ownership of an inherited descriptor and makes it close-on-exec again.
+fn take_fd(fd: RawFd) -> Result<OwnedFd, WorkerError> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: the primary passed this descriptor to us at exec for our exclusive use (its number
+    // is in our environment) and nothing else in this process has taken it yet.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| WorkerError::Env(format!("descriptor {fd} is not usable: {e}")))?;
+    Ok(owned)
+}
+
+async fn main<F, Fut>(
+    env: WorkerEnv,
+    config: Config,
+    configure: Option<Configure>,
+    app: F,
+    ctl: OwnedFd,
+    bus: OwnedFd,
+) -> Result<(), WorkerError>
+where
+    F: FnOnce(Worker) -> Fut,
+    Fut: Future<Output = Result<axum::Router, crate::BoxError>>,
+{
+    let (ctl_tx, mut ctl_rx) = channel::channel::<ToPrimary, ToWorker>(ctl)?;
+    let control = Control::start(ctl_tx);
+
+    let request_timeout = Duration::from_millis(config.request_timeout_ms);
+    let uid = Uid::new();
+    let driver = match config.adapter {
+        AdapterKind::Ipc => {
+            let bus = std::os::unix::net::UnixStream::from(bus);
+            bus.set_nonblocking(true)
+                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
+            let bus = tokio::net::UnixStream::from_std(bus)
+                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
+            ClusterDriver::Ipc(IpcDriver::start(
+                bus,
+                env.member,
+                IPC_PREFIX,
+                request_timeout,
+                request_timeout + Duration::from_secs(60),
+            ))
+        }
+        AdapterKind::Redis => {
+            return Err(WorkerError::Adapter(
+                "Redis mode is not available in this build yet".into(),
+            ));
+        }
+    };
+    let adapter_config = RedisAdapterConfig::new()
+        .with_request_timeout(request_timeout)
+        .with_ack_response_buffer(65_536);
+    let adapter_config = match config.adapter {
+        AdapterKind::Ipc => adapter_config.with_prefix(IPC_PREFIX),
+        AdapterKind::Redis => adapter_config.with_prefix(config.redis_prefix.clone()),
+    };
+
+    let mut sio_config = SocketIoConfig::default();
+    sio_config.server_id = uid;
+    let mut builder = SocketIo::builder()
+        .with_config(sio_config)
+        .req_path(config.path.clone());
+    if let Some(ms) = config.ping_interval_ms {
+        builder = builder.ping_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = config.ping_timeout_ms {
+        builder = builder.ping_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = config.connect_timeout_ms {
+        builder = builder.connect_timeout(Duration::from_millis(ms));
+    }
+    if let Some(bytes) = config.max_payload {
+        builder = builder.max_payload(bytes);
+    }
+    let cluster = ClusterHandle {
+        driver: driver.clone(),
+        prefix: adapter_config.prefix.to_string(),
+    };
+    let mut builder =
+        builder.with_adapter::<ClusterAdapter>(RedisAdapterCtr::new_with_driver(driver, adapter_config));
+    if let Some(configure) = configure {
+        builder = configure(builder);
+    }
+    let (layer, io): (SocketIoLayer<ClusterAdapter>, _) = builder.build_layer();
+
+    let info = WorkerInfo {
+        index: env.slot,
+        workers: config.workers.resolve(),
+        pid: std::process::id(),
+        adapter: config.adapter,
+    };
+    let router = app(Worker {
+        io: io.clone(),
+        info,
+        cluster,
+    })
+    .await
+    .map_err(WorkerError::App)?;
+    let svc: AppService = layer.layer(router);
+
+    let cookie = config.sticky_cookie.as_ref().and_then(|name| {
+        HeaderValue::from_str(&format!(
+            "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+            slot_token(env.slot)
+        ))
+        .ok()
+    });
+    let (drain, _) = watch::channel(false);
+    let shared = Arc::new(WorkerShared {
+        member: env.member,
+        control: control.clone(),
+        leases: Leases::default(),
+        engine_prefix: config.engine_path_prefix(),
+        cookie,
+        open: AtomicU64::new(0),
+        closed_total: AtomicU64::new(0),
+        drain,
+        stats: WorkerStats::default(),
+    });
+
+    control.send(
+        ToPrimary::Ready {
+            server_uid: uid.to_string(),
+        },
+        None,
+    );
+    spawn_reporters(&shared, &config);
+
+    loop {
+        let (msg, fd) = match ctl_rx.recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!("the primary is gone; exiting");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                tracing::error!("control channel failed: {e}; exiting");
+                std::process::exit(1);
+            }
+        };
+        match msg {
+            ToWorker::Conn(manifest) => match fd {
+                Some(fd) => serve::spawn(shared.clone(), svc.clone(), manifest, fd),
+                None => tracing::warn!(conn = manifest.id, "connection message without a descriptor"),
+            },
+            reply @ (ToWorker::SidRegistered { req } | ToWorker::SidLocation { req, .. }) => {
+                control.resolve(req, reply);
+            }
+            ToWorker::Drain { timeout_ms } => {
+                tokio::spawn(drain_and_exit(shared.clone(), Duration::from_millis(timeout_ms)));
+            }
+        }
+    }
+}
+
+/// Stops keeping connections alive, waits for in-flight HTTP requests (bounded), then exits.
+/// Websocket sessions end with the process; their clients reconnect to the other workers.
+async fn drain_and_exit(shared: Arc<WorkerShared>, timeout: Duration) {
+    tracing::info!(open = shared.open.load(Ordering::Relaxed), "draining");
+    shared.drain.send_replace(true);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("drained; exiting");
+    std::process::exit(0);
+}
+
+fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config) {
+    // Load: connections closed, at most every 100 ms and only when it changed.
+    let s = shared.clone();
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let closed = s.closed_total.load(Ordering::Relaxed);
+            if closed != last {
+                last = closed;
+                s.control.send(ToPrimary::Load { closed_total: closed }, None);
+            }
+        }
+    });
+    // Heartbeat: proves this runtime still runs tasks.
+    let s = shared.clone();
+    let every = Duration::from_millis(config.heartbeat_interval_ms.max(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut seq = 0;
+        loop {
+            tick.tick().await;
+            seq += 1;
+            s.control.send(
+                ToPrimary::Heartbeat {
+                    seq,
+                    rss_bytes: resident_bytes(),
+                },
+                None,
+            );
+        }
+    });
+    // Lease sweeper: unregister sessions that no longer need routing.
+    let s = shared.clone();
+    let ttl = Duration::from_millis(
+        config.ping_interval_ms.unwrap_or(25_000) + config.ping_timeout_ms.unwrap_or(20_000) + 5_000,
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            let expired = s.leases.expire(ttl);
+            if !expired.is_empty() {
+                tracing::debug!(count = expired.len(), "sessions no longer routed here");
+                s.unregister(expired);
+            }
+        }
+    });
+}
+
+/// Resident set size of this process, from `/proc/self/statm`.
+pub(crate) fn resident_bytes() -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_round_trips_and_rejects_garbage() {
+        let env = WorkerEnv {
+            slot: 2,
+            member: MemberId(7),
+            ctl_fd: 5,
+            bus_fd: 6,
+            primary_pid: 42,
+        };
+        assert_eq!(WorkerEnv::from_str(&env.encode()).unwrap(), env);
+        assert!(WorkerEnv::from_str("slot=1").is_err());
+        assert!(WorkerEnv::from_str("slot=x;member=1;ctl=3;bus=4;primary=1").is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! Per-request session routing inside a worker (a tower service in front of socketioxide).
+//!
+//! - **Handshake over polling**: the new session's id is registered with the primary *before*
+//!   the handshake response leaves the worker, so the client's next request (on any connection)
+//!   is routed here. This closes the race that makes `@socket.io/sticky` lose sessions.
+//! - **Request for a session of another worker**: a browser may reuse a keep-alive connection
+//!   (handed to this worker) for a request of a session living on another worker. The request is
+//!   forwarded to the owner ([`forward`](super::forward)) instead of failing with
+//!   "Session ID unknown".
+//! - **Session activity** keeps the session's registration alive ([`Leases`](super::lease::Leases)).
+//!
+//! Every request also gets the client's address as a [`ClientAddr`] extension.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tower::{Service, ServiceExt};
+
+use crate::sid::SessionId;
+use crate::supervisor::peek::query_param;
+
+use super::WorkerShared;
+use super::forward;
+
+/// The client's address as the primary accepted it (forwarded requests keep the original).
+///
+/// Read it in axum handlers with `Extension<ClientAddr>`, or in socketioxide handlers from
+/// `socket.req_parts().extensions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<SocketAddr>);
+
+/// Facts about the connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnCtx {
+    /// Forwarded by another worker: serve here, never forward again.
+    pub forwarded: bool,
+    /// Client address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// What a request means for session routing.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    /// Request for an existing session.
+    Session(SessionId),
+    /// Engine.IO handshake (no sid).
+    Handshake { polling: bool },
+    /// Anything else (other routes, malformed sid: socketioxide answers those itself).
+    Other,
+}
+
+fn classify(path: &str, query: Option<&str>, prefix: &str) -> Kind {
+    if !(path.starts_with(prefix) || path == prefix.trim_end_matches('/')) {
+        return Kind::Other;
+    }
+    let q = query.unwrap_or("");
+    match query_param(q, "sid") {
+        Some(v) => SessionId::parse(v).map_or(Kind::Other, Kind::Session),
+        None => Kind::Handshake {
+            polling: query_param(q, "transport") == Some("polling"),
+        },
+    }
+}
+
+/// Finds the session id in an Engine.IO open packet (`0{"sid":"...",...}`).
+fn sid_in_open_packet(body: &[u8]) -> Option<SessionId> {
+    const KEY: &[u8] = b"\"sid\":\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    SessionId::from_bytes(body.get(at..at + SessionId::LEN)?)
+}
+
+/// Wraps the app's service (socketioxide + axum routes) for one connection.
+#[derive(Clone)]
+pub(crate) struct SessionService<S> {
+    inner: S,
+    shared: Arc<WorkerShared>,
+    conn: ConnCtx,
+}
+
+impl<S> SessionService<S> {
+    pub fn new(inner: S, shared: Arc<WorkerShared>, conn: ConnCtx) -> Self {
+        Self {
+            inner,
+            shared,
+            conn,
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<Incoming>> for SessionService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.conn.peer));
+        let kind = classify(
+            req.uri().path(),
+            req.uri().query(),
+            &self.shared.engine_prefix,
+        );
+        let inner = self.inner.clone();
+        let shared = self.shared.clone();
+        let conn = self.conn;
+        Box::pin(async move {
+            match kind {
+                Kind::Session(sid) => {
+                    if conn.forwarded || shared.leases.touch(&sid) {
+                        return Ok(serve_session(inner, &shared, sid, req).await);
+                    }
+                    // Not one of ours: a keep-alive connection reused for another worker's
+                    // session? Ask the primary who owns it.
+                    match shared.control.lookup_sid(sid).await {
+                        Ok(Some(owner)) if owner != shared.member => {
+                            Ok(forward::forward(&shared, owner, conn.peer, req).await)
+                        }
+                        _ => Ok(call(inner, req).await),
+                    }
+                }
+                Kind::Handshake { polling } => Ok(handshake(inner, &shared, polling, req).await),
+                Kind::Other => Ok(call(inner, req).await),
+            }
+        })
+    }
+}
+
+async fn call<S, B>(inner: S, req: Request<Incoming>) -> Response<Body>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    match inner.oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+async fn serve_session<S, B>(
+    inner: S,
+    shared: &WorkerShared,
+    sid: SessionId,
+    req: Request<Incoming>,
+) -> Response<Body>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let res = call(inner, req).await;
+    // The engine no longer knows this session: stop routing it here.
+    if res.status() == StatusCode::BAD_REQUEST && shared.leases.remove(&sid) {
+        shared.unregister(vec![sid]);
+    }
+    res
+}
+
+async fn handshake<S, B>(
+    inner: S,
+    shared: &WorkerShared,
+    polling: bool,
+    req: Request<Incoming>,
+) -> Response<Body>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let res = call(inner, req).await;
+    let mut res = if polling && res.status() == StatusCode::OK {
+        let (parts, body) = res.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                tracing::warn!("cannot read a handshake response: {e}");
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        };
+        if let Some(sid) = sid_in_open_packet(&bytes) {
+            // Hold the response until the primary routes this session here.
+            if let Err(e) = shared.control.register_sid(sid).await {
+                tracing::error!(%sid, "cannot register a new session with the primary: {e}");
+                return error_response(StatusCode::SERVICE_UNAVAILABLE);
+            }
+            shared.leases.insert(sid);
+        }
+        Response::from_parts(parts, Body::from(bytes))
+    } else {
+        res
+    };
+    if let Some(cookie) = &shared.cookie {
+        res.headers_mut().append(header::SET_COOKIE, cookie.clone());
+    }
+    res
+}
+
+pub(crate) fn error_response(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Body::from(status.canonical_reason().unwrap_or("error")));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_engine_requests() {
+        let p = "/socket.io/";
+        assert_eq!(
+            classify("/socket.io/", Some("EIO=4&transport=polling"), p),
+            Kind::Handshake { polling: true }
+        );
+        assert_eq!(
+            classify("/socket.io/", Some("EIO=4&transport=websocket"), p),
+            Kind::Handshake { polling: false }
+        );
+        assert_eq!(
+            classify("/socket.io/", Some("EIO=4&transport=polling&sid=EsPJiCvFMpyNdJz2"), p),
+            Kind::Session(SessionId::parse("EsPJiCvFMpyNdJz2").unwrap())
+        );
+        assert_eq!(classify("/socket.io/", Some("sid=bad"), p), Kind::Other);
+        assert_eq!(classify("/api", Some("sid=EsPJiCvFMpyNdJz2"), p), Kind::Other);
+    }
+
+    #[test]
+    fn finds_sid_in_open_packet() {
+        let body = br#"0{"sid":"EsPJiCvFMpyNdJz2","upgrades":["websocket"],"pingInterval":25000}"#;
+        assert_eq!(
+            sid_in_open_packet(body).unwrap().as_str(),
+            "EsPJiCvFMpyNdJz2"
+        );
+        assert!(sid_in_open_packet(b"0{}").is_none());
+        assert!(sid_in_open_packet(br#"0{"sid":"short"}"#).is_none());
+    }
+}
