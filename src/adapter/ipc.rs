@@ -40,6 +40,9 @@ pub enum IpcDriverError {
 
 type View = Vec<(MemberId, String)>;
 
+/// Server-count answers kept until the same task publishes its request.
+type Views = HashMap<(Option<tokio::task::Id>, String), (Instant, View)>;
+
 /// Driver for the IPC bus; cheap to clone (all clones share one connection).
 #[derive(Clone)]
 pub struct IpcDriver {
@@ -60,7 +63,7 @@ struct Inner {
     next_ask: AtomicU64,
     /// Server count answers by (task, channel): the adapter asks for the count and publishes
     /// its request from the same task, so the request goes to exactly the workers it counted.
-    views: Mutex<HashMap<(Option<tokio::task::Id>, String), (Instant, View)>>,
+    views: Mutex<Views>,
     /// Latest view per channel, for requests published without a count in the same task.
     latest: Mutex<HashMap<String, View>>,
     tracker: Mutex<Tracker>,

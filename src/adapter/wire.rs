@@ -14,8 +14,6 @@ use socketioxide_core::{Sid, Uid};
 
 /// Request type numbers of `socketioxide-core` (`RequestTypeOut::to_u8`).
 pub(crate) mod kind {
-    /// Broadcast a packet.
-    pub const BROADCAST: u8 = 0;
     /// Broadcast and collect acks.
     pub const BROADCAST_WITH_ACK: u8 = 1;
     /// Collect room names.
@@ -152,7 +150,8 @@ pub(crate) fn encode_stand_in(req_id: &str, node_uid: &str, what: Stand) -> Opti
             Response::<socketioxide::AckError> {
                 node_id,
                 r#type: ResponseType::BroadcastAck((
-                    Sid::ZERO,
+                    // The socket ids of the lost acks are unknown here: a fresh placeholder id.
+                    Sid::new(),
                     Err(socketioxide::AckError::Socket(
                         socketioxide_core::adapter::errors::SocketError::Closed,
                     )),

@@ -175,7 +175,7 @@ impl<M: DeserializeOwned> Receiver<M> {
                 .map_err(|e| IpcError::Socket("wait readable", e))?;
             let buf = &mut self.buf;
             let cmsg = &mut self.cmsg;
-            let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg));
+            let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg.as_mut_slice()));
             match res {
                 Ok(Ok(Ok(None))) => return Ok(None),
                 Ok(Ok(Ok(Some((len, fds))))) => {
@@ -206,7 +206,7 @@ type Received = Option<(usize, Vec<OwnedFd>)>;
 fn recv_one(
     fd: RawFd,
     buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> std::io::Result<Result<Received, IpcError>> {
     let mut iov = [IoSliceMut::new(buf)];
     let msg = match socket::recvmsg::<()>(

@@ -112,11 +112,11 @@ pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<Parsed, PeekError> {
             let (p, query) = path.split_once('?').unwrap_or((path, ""));
             head.engine = p.starts_with(&rules.engine_prefix)
                 || p == rules.engine_prefix.trim_end_matches('/');
-            if head.engine {
-                if let Some(v) = query_param(query, "sid") {
-                    head.sid = SessionId::parse(v);
-                    head.bad_sid = head.sid.is_none();
-                }
+            if head.engine
+                && let Some(v) = query_param(query, "sid")
+            {
+                head.sid = SessionId::parse(v);
+                head.bad_sid = head.sid.is_none();
             }
             if let Some(name) = &rules.cookie {
                 head.cookie_slot = req

@@ -56,11 +56,13 @@ impl Leases {
     }
 
     /// Number of sessions registered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
     }
 
     /// No session registered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

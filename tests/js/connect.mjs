@@ -1,0 +1,93 @@
+// Drives a running cluster with the official socket.io-client over every transport and prints one
+// JSON line with what it observed. Used by tests/js_client.rs; run by hand with
+//   node tests/js/connect.mjs http://127.0.0.1:3000 [clients-per-transport]
+import { io } from "socket.io-client";
+
+const url = process.argv[2];
+const perTransport = Number(process.argv[3] ?? 5);
+if (!url || !url.startsWith("http://127.0.0.1:")) {
+  console.error("usage: node connect.mjs http://127.0.0.1:PORT [clients-per-transport]");
+  process.exit(2);
+}
+
+const withTimeout = (p, ms, what) =>
+  Promise.race([
+    p,
+    new Promise((_, rej) => setTimeout(() => rej(new Error(`timeout: ${what}`)), ms)),
+  ]);
+
+function connect(opts) {
+  return new Promise((resolve, reject) => {
+    const socket = io(url, { reconnection: false, timeout: 10000, ...opts });
+    const auth = new Promise((res) => socket.once("auth", res));
+    socket.once("connect", () => resolve({ socket, auth }));
+    socket.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
+  });
+}
+
+async function scenario(name, opts, wantTransport) {
+  const token = `${name}-${Math.random().toString(36).slice(2)}`;
+  const { socket, auth } = await withTimeout(connect({ ...opts, auth: { token } }), 15000, `${name} connect`);
+  if (wantTransport === "websocket" && socket.io.engine.transport.name !== "websocket") {
+    await withTimeout(
+      new Promise((res) => socket.io.engine.once("upgrade", res)),
+      10000,
+      `${name} upgrade`,
+    );
+  }
+  const authPayload = await withTimeout(auth, 5000, `${name} auth event`);
+  const who = [];
+  for (let i = 0; i < 5; i++) {
+    who.push(await withTimeout(socket.emitWithAck("whoami"), 5000, `${name} whoami`));
+  }
+  const bin = Buffer.from([0, 1, 2, 253, 254, 255]);
+  const echoed = withTimeout(
+    new Promise((res) => socket.once("message-back", (...args) => res(args))),
+    5000,
+    `${name} message-back`,
+  );
+  socket.emit("message", "text", 42, bin, { nested: true });
+  const back = await echoed;
+  const acked = await withTimeout(
+    new Promise((res) => socket.emit("message-with-ack", 1, "two", { three: 3 }, (...args) => res(args))),
+    5000,
+    `${name} ack`,
+  );
+  const result = {
+    transport: socket.io.engine.transport.name,
+    socketId: socket.id,
+    authOk: authPayload?.token === token,
+    workers: [...new Set(who.map((w) => w.worker))],
+    sidsMatch: who.every((w) => w.sid === socket.id),
+    echoOk:
+      back.length === 4 &&
+      back[0] === "text" &&
+      back[1] === 42 &&
+      Buffer.isBuffer(back[2]) &&
+      Buffer.compare(back[2], bin) === 0 &&
+      back[3]?.nested === true,
+    ackOk: JSON.stringify(acked) === JSON.stringify([1, "two", { three: 3 }]),
+  };
+  socket.disconnect();
+  return result;
+}
+
+const out = { ok: true, results: [] };
+try {
+  const modes = [
+    ["websocket", { transports: ["websocket"] }, "websocket"],
+    ["polling", { transports: ["polling"] }, "polling"],
+    ["upgrade", { transports: ["polling", "websocket"] }, "websocket"],
+  ];
+  for (const [name, opts, want] of modes) {
+    const runs = await Promise.all(
+      Array.from({ length: perTransport }, () => scenario(name, opts, want)),
+    );
+    out.results.push(...runs.map((r) => ({ mode: name, ...r })));
+  }
+} catch (e) {
+  out.ok = false;
+  out.error = String(e?.stack ?? e);
+}
+console.log(JSON.stringify(out));
+process.exit(0);

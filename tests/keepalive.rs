@@ -1,0 +1,83 @@
+//! A browser may reuse one keep-alive connection (handed by the primary to worker A) for a
+//! request of a session that lives on worker B. Both sessions must keep working through that one
+//! connection: the worker forwards the foreign request to its owner.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sio_client::raw::{HttpConn, RawResponse, handshake_url, polling_url};
+use support::Start;
+
+const PATH: &str = "/socket.io/";
+
+fn sid_of(res: &RawResponse) -> String {
+    let open = res.packets().into_iter().find(|p| p.starts_with('0')).expect("open packet");
+    let v: Value = serde_json::from_str(&open[1..]).unwrap();
+    v["sid"].as_str().unwrap().to_string()
+}
+
+/// POSTs `packets` for `sid` on `conn`, then GETs until the ack `43<id>[...]` arrives.
+async fn ack_on(conn: &mut HttpConn, sid: &str, id: u32, event: &str) -> Value {
+    let post = conn.post(&polling_url(PATH, sid), format!("42{id}[\"{event}\"]")).await.unwrap();
+    assert_eq!((post.status, post.text()), (200, "ok"), "POST for {sid}");
+    for _ in 0..10 {
+        let get = conn.get(&polling_url(PATH, sid)).await.unwrap();
+        assert_eq!(get.status, 200, "GET for {sid}: {}", get.text());
+        for p in get.packets() {
+            if let Some(rest) = p.strip_prefix(&format!("43{id}")) {
+                let args: Value = serde_json::from_str(rest).unwrap();
+                return args[0].clone();
+            }
+        }
+    }
+    panic!("no ack {id} for {sid}");
+}
+
+async fn open_session(conn: &mut HttpConn) -> String {
+    let hs = conn.get(&handshake_url(PATH)).await.unwrap();
+    assert_eq!(hs.status, 200, "{}", hs.text());
+    let sid = sid_of(&hs);
+    let post = conn.post(&polling_url(PATH, &sid), "40").await.unwrap();
+    assert_eq!(post.text(), "ok");
+    sid
+}
+
+#[test]
+fn two_sessions_on_two_workers_share_one_keepalive_connection() {
+    let c = Start::testapp(&["--workers", "2", "--balance", "round-robin", "--ping-interval-ms", "2000"]).spawn();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Session A on the shared connection (handed to worker X by the primary).
+        let mut shared = HttpConn::connect(c.addr).await.unwrap();
+        let sid_a = open_session(&mut shared).await;
+        let who_a = ack_on(&mut shared, &sid_a, 1, "whoami").await;
+
+        // Session B on its own connection, on the other worker.
+        let mut sid_b = String::new();
+        let mut who_b = Value::Null;
+        for _ in 0..6 {
+            let mut own = HttpConn::connect(c.addr).await.unwrap();
+            let sid = open_session(&mut own).await;
+            let who = ack_on(&mut own, &sid, 1, "whoami").await;
+            if who["worker"] != who_a["worker"] {
+                sid_b = sid;
+                who_b = who;
+                break;
+            }
+        }
+        assert!(!sid_b.is_empty(), "could not open a session on the other worker");
+
+        // Now drive both sessions, alternately, through the shared connection.
+        for round in 0..5u32 {
+            let a = ack_on(&mut shared, &sid_a, 10 + round, "whoami").await;
+            assert_eq!(a["worker"], who_a["worker"], "session A moved: {a}");
+            assert_eq!(a["sid"], sid_a.as_str());
+            let b = ack_on(&mut shared, &sid_b, 20 + round, "whoami").await;
+            assert_eq!(b["worker"], who_b["worker"], "session B moved: {b}");
+            assert_eq!(b["sid"], sid_b.as_str());
+        }
+        assert!(!shared.is_closed(), "the shared connection stayed open throughout");
+    });
+}

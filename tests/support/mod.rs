@@ -1,0 +1,370 @@
+//! Test harness: runs the real cluster binary (the `testapp` example) as separate processes on
+//! 127.0.0.1 and cleans up every process it started, even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of a binary built next to the test executable (`target/<profile>/examples/<name>`).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the examples first (cargo build --examples, same profile as the tests)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running cluster: the primary process and, through it, its workers.
+pub struct Cluster {
+    child: Option<Child>,
+    /// Public address.
+    pub addr: SocketAddr,
+    /// Primary pid.
+    pub pid: u32,
+    logs: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    known_workers: Mutex<Vec<u32>>,
+}
+
+/// Options for starting a cluster.
+pub struct Start<'a> {
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(&'a str, String)>,
+    pub timeout: Duration,
+}
+
+impl<'a> Start<'a> {
+    /// The test app with `--listen 127.0.0.1:0` and the given extra arguments.
+    pub fn testapp(args: &[&str]) -> Self {
+        let mut all = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Self {
+            bin: example_bin("testapp"),
+            args: all,
+            env: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
+        self.env.push((k, v.into()));
+        self
+    }
+
+    /// Spawns and waits for `listening on ADDR`.
+    pub fn spawn(self) -> Cluster {
+        Cluster::spawn(self).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Spawns and waits for `listening on ADDR`; `Err` with the logs if it fails.
+    pub fn try_spawn(self) -> Result<Cluster, String> {
+        Cluster::spawn(self)
+    }
+}
+
+impl Cluster {
+    fn spawn(opts: Start<'_>) -> Result<Cluster, String> {
+        let mut cmd = Command::new(&opts.bin);
+        cmd.args(&opts.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.bin.display()))?;
+        let pid = child.id();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stdout_buf = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let stdout = child.stdout.take().unwrap();
+        let out = stdout_buf.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Ok(addr) = rest.trim().parse::<SocketAddr>()
+                {
+                    let _ = tx.send(addr);
+                }
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("SIO_TEST_ECHO").is_some() {
+                    eprintln!("[{pid}] {line}");
+                }
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut cluster = Cluster {
+            child: Some(child),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            pid,
+            logs,
+            stdout: stdout_buf,
+            known_workers: Mutex::new(Vec::new()),
+        };
+        match rx.recv_timeout(opts.timeout) {
+            Ok(addr) => {
+                cluster.addr = addr;
+                cluster.remember_workers();
+                Ok(cluster)
+            }
+            Err(_) => {
+                let status = cluster.try_wait();
+                Err(format!(
+                    "cluster did not print `listening on` within {:?} (exit: {status:?}); logs:\n{}",
+                    opts.timeout,
+                    cluster.logs()
+                ))
+            }
+        }
+    }
+
+    /// Everything the cluster wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits until the logs contain `needle` (returns false on timeout).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Count of log lines containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Pids of the primary's live child processes (the workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let pids = children_of(self.pid);
+        self.remember(&pids);
+        pids
+    }
+
+    fn remember_workers(&self) {
+        let pids = children_of(self.pid);
+        self.remember(&pids);
+    }
+
+    fn remember(&self, pids: &[u32]) {
+        let mut known = self.known_workers.lock().unwrap();
+        for p in pids {
+            if !known.contains(p) {
+                known.push(*p);
+            }
+        }
+    }
+
+    /// Sends a signal to the primary.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet
+        // reaped (we hold its Child), so it cannot have been reused.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// Non-blocking exit check.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the primary to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the primary still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Every worker pid this harness has seen.
+    pub fn known_worker_pids(&self) -> Vec<u32> {
+        self.known_workers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut pids = children_of(self.pid);
+        pids.extend(self.known_worker_pids());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Workers die with the primary (PDEATHSIG); make sure anyway, only for processes that
+        // are still our cluster's (their parent was the primary or is now init after its death).
+        for p in pids {
+            if process_alive(p) {
+                // SAFETY: plain kill(2) on a pid this test started through the primary.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- cluster {} logs ----\n{}", self.pid, self.logs());
+        }
+    }
+}
+
+/// Pids whose parent is `ppid`.
+pub fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(pp) = parent_of(pid)
+            && pp == ppid
+        {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Parent pid of `pid`, from /proc.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...; comm may contain spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().next().map(str::to_string));
+            !matches!(state.as_deref(), Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Resident memory of `pid` in bytes (from /proc/<pid>/statm).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |p| p * 4096)
+}
+
+/// Polls `f` until it returns true or the timeout passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status and body.
+pub fn http_once(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Splits a raw HTTP/1.1 response (handles `content-length` and chunked bodies).
+pub fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head in {text:?}")))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n.min(after.len())]);
+            rest = after.get(n + 2..).unwrap_or("");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// Does an Engine.IO polling handshake; returns the session id.
+pub fn polling_handshake(addr: SocketAddr) -> std::io::Result<String> {
+    let (status, body) = http_once(addr, "GET", "/socket.io/?EIO=4&transport=polling", "")?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("handshake: {status} {body}")));
+    }
+    let at = body
+        .find("\"sid\":\"")
+        .ok_or_else(|| std::io::Error::other(format!("no sid in {body}")))?
+        + 7;
+    Ok(body[at..at + 16].to_string())
+}
