@@ -190,6 +190,10 @@ pub struct Config {
     #[arg(long, env = "SIO_HEARTBEAT_TIMEOUT_MS", default_value_t = 10_000)]
     pub heartbeat_timeout_ms: u64,
 
+    /// How often the primary logs a status line (workers, sessions routed, bus counters).
+    #[arg(long, env = "SIO_STATUS_INTERVAL_MS", default_value_t = 60_000)]
+    pub status_interval_ms: u64,
+
     /// Roll (gracefully replace) a worker whose resident memory exceeds this many MiB.
     #[arg(long, env = "SIO_WORKER_MEMORY_LIMIT_MB")]
     pub worker_memory_limit_mb: Option<u64>,

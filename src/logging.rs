@@ -36,6 +36,7 @@ pub(crate) fn init(role: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .fmt_fields(DefaultFields::new())
         .event_format(Prefixed {
             prefix: role.to_string(),

@@ -34,15 +34,27 @@ fn official_client_over_every_transport() {
     let mut workers_seen = std::collections::HashSet::new();
     for r in results {
         let mode = r["mode"].as_str().unwrap();
-        let want = if mode == "polling" { "polling" } else { "websocket" };
+        let want = if mode == "polling" {
+            "polling"
+        } else {
+            "websocket"
+        };
         assert_eq!(r["transport"], want, "{r}");
         assert_eq!(r["authOk"], true, "{r}");
         assert_eq!(r["sidsMatch"], true, "{r}");
         assert_eq!(r["echoOk"], true, "{r}");
         assert_eq!(r["ackOk"], true, "{r}");
         let workers = r["workers"].as_array().unwrap();
-        assert_eq!(workers.len(), 1, "every whoami of one client answers from one worker: {r}");
+        assert_eq!(
+            workers.len(),
+            1,
+            "every whoami of one client answers from one worker: {r}"
+        );
         workers_seen.insert(workers[0].as_str().unwrap().to_string());
     }
-    assert_eq!(workers_seen.len(), 2, "both workers served clients: {workers_seen:?}");
+    assert_eq!(
+        workers_seen.len(),
+        2,
+        "both workers served clients: {workers_seen:?}"
+    );
 }

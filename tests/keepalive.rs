@@ -13,14 +13,21 @@ use support::Start;
 const PATH: &str = "/socket.io/";
 
 fn sid_of(res: &RawResponse) -> String {
-    let open = res.packets().into_iter().find(|p| p.starts_with('0')).expect("open packet");
+    let open = res
+        .packets()
+        .into_iter()
+        .find(|p| p.starts_with('0'))
+        .expect("open packet");
     let v: Value = serde_json::from_str(&open[1..]).unwrap();
     v["sid"].as_str().unwrap().to_string()
 }
 
 /// POSTs `packets` for `sid` on `conn`, then GETs until the ack `43<id>[...]` arrives.
 async fn ack_on(conn: &mut HttpConn, sid: &str, id: u32, event: &str) -> Value {
-    let post = conn.post(&polling_url(PATH, sid), format!("42{id}[\"{event}\"]")).await.unwrap();
+    let post = conn
+        .post(&polling_url(PATH, sid), format!("42{id}[\"{event}\"]"))
+        .await
+        .unwrap();
     assert_eq!((post.status, post.text()), (200, "ok"), "POST for {sid}");
     for _ in 0..10 {
         let get = conn.get(&polling_url(PATH, sid)).await.unwrap();
@@ -46,8 +53,19 @@ async fn open_session(conn: &mut HttpConn) -> String {
 
 #[test]
 fn two_sessions_on_two_workers_share_one_keepalive_connection() {
-    let c = Start::testapp(&["--workers", "2", "--balance", "round-robin", "--ping-interval-ms", "2000"]).spawn();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--balance",
+        "round-robin",
+        "--ping-interval-ms",
+        "2000",
+    ])
+    .spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         // Session A on the shared connection (handed to worker X by the primary).
         let mut shared = HttpConn::connect(c.addr).await.unwrap();
@@ -67,7 +85,10 @@ fn two_sessions_on_two_workers_share_one_keepalive_connection() {
                 break;
             }
         }
-        assert!(!sid_b.is_empty(), "could not open a session on the other worker");
+        assert!(
+            !sid_b.is_empty(),
+            "could not open a session on the other worker"
+        );
 
         // Now drive both sessions, alternately, through the shared connection.
         for round in 0..5u32 {
@@ -78,6 +99,9 @@ fn two_sessions_on_two_workers_share_one_keepalive_connection() {
             assert_eq!(b["worker"], who_b["worker"], "session B moved: {b}");
             assert_eq!(b["sid"], sid_b.as_str());
         }
-        assert!(!shared.is_closed(), "the shared connection stayed open throughout");
+        assert!(
+            !shared.is_closed(),
+            "the shared connection stayed open throughout"
+        );
     });
 }

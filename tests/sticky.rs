@@ -14,7 +14,10 @@ use support::Start;
 const CLIENTS: usize = 120;
 const WHOAMI_PER_CLIENT: usize = 6;
 
-async fn run_client(addr: std::net::SocketAddr, i: usize) -> Result<(usize, Vec<Value>, String, Transport), String> {
+async fn run_client(
+    addr: std::net::SocketAddr,
+    i: usize,
+) -> Result<(usize, Vec<Value>, String, Transport), String> {
     let (transport, conn) = match i % 3 {
         0 => (Transport::WebSocket, PollingConn::KeepAlive),
         1 => (Transport::PollingThenUpgrade, PollingConn::KeepAlive),
@@ -23,7 +26,9 @@ async fn run_client(addr: std::net::SocketAddr, i: usize) -> Result<(usize, Vec<
     let cfg = ClientConfig::new(addr, transport)
         .polling_conn(conn)
         .connect_timeout(Duration::from_secs(20));
-    let client = Client::connect(cfg).await.map_err(|e| format!("client {i}: connect: {e}"))?;
+    let client = Client::connect(cfg)
+        .await
+        .map_err(|e| format!("client {i}: connect: {e}"))?;
     let mut answers = Vec::new();
     for _ in 0..WHOAMI_PER_CLIENT {
         let ack = client
@@ -40,10 +45,21 @@ async fn run_client(addr: std::net::SocketAddr, i: usize) -> Result<(usize, Vec<
 }
 
 fn check(workers: usize) {
-    let c = Start::testapp(&["--workers", &workers.to_string(), "--ping-interval-ms", "3000"]).spawn();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let c = Start::testapp(&[
+        "--workers",
+        &workers.to_string(),
+        "--ping-interval-ms",
+        "3000",
+    ])
+    .spawn();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let results = rt.block_on(async {
-        let tasks: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(run_client(c.addr, i))).collect();
+        let tasks: Vec<_> = (0..CLIENTS)
+            .map(|i| tokio::spawn(run_client(c.addr, i)))
+            .collect();
         let mut out = Vec::new();
         for t in tasks {
             out.push(t.await.unwrap());
@@ -51,7 +67,11 @@ fn check(workers: usize) {
         out
     });
     let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} failures: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:#?}",
+        failures.len()
+    );
 
     let mut per_worker: HashMap<String, usize> = HashMap::new();
     for (i, answers, sid, transport) in results.into_iter().map(Result::unwrap) {
@@ -60,16 +80,31 @@ fn check(workers: usize) {
             _ => Transport::Polling,
         };
         assert_eq!(transport, expected_transport, "client {i}");
-        let who: HashSet<String> = answers.iter().map(|a| a["worker"].as_str().unwrap_or("?").to_string()).collect();
-        assert_eq!(who.len(), 1, "client {i} ({transport:?}) was answered by several workers: {answers:?}");
-        assert!(answers.iter().all(|a| a["sid"] == sid.as_str()), "client {i}: {answers:?} vs {sid}");
+        let who: HashSet<String> = answers
+            .iter()
+            .map(|a| a["worker"].as_str().unwrap_or("?").to_string())
+            .collect();
+        assert_eq!(
+            who.len(),
+            1,
+            "client {i} ({transport:?}) was answered by several workers: {answers:?}"
+        );
+        assert!(
+            answers.iter().all(|a| a["sid"] == sid.as_str()),
+            "client {i}: {answers:?} vs {sid}"
+        );
         let pids: HashSet<_> = answers.iter().map(|a| a["pid"].as_u64()).collect();
         assert_eq!(pids.len(), 1, "client {i}: {answers:?}");
-        *per_worker.entry(who.into_iter().next().unwrap()).or_default() += 1;
+        *per_worker
+            .entry(who.into_iter().next().unwrap())
+            .or_default() += 1;
     }
     let expected: HashSet<String> = (0..workers).map(|w| w.to_string()).collect();
     let got: HashSet<String> = per_worker.keys().cloned().collect();
-    assert_eq!(got, expected, "every worker receives sessions: {per_worker:?}");
+    assert_eq!(
+        got, expected,
+        "every worker receives sessions: {per_worker:?}"
+    );
     // least-conn spreads evenly enough that no worker starves.
     let min = *per_worker.values().min().unwrap();
     assert!(min >= CLIENTS / workers / 4, "{per_worker:?}");

@@ -51,7 +51,9 @@ pub struct IpcDriver {
 
 impl std::fmt::Debug for IpcDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IpcDriver").field("me", &self.inner.me).finish()
+        f.debug_struct("IpcDriver")
+            .field("me", &self.inner.me)
+            .finish()
     }
 }
 
@@ -243,7 +245,10 @@ impl Driver for IpcDriver {
             if views.len() > 256 {
                 views.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(30));
             }
-            views.insert((tokio::task::try_id(), chan.to_owned()), (now, view.clone()));
+            views.insert(
+                (tokio::task::try_id(), chan.to_owned()),
+                (now, view.clone()),
+            );
         }
         self.inner
             .latest
@@ -254,7 +259,10 @@ impl Driver for IpcDriver {
     }
 }
 
-async fn write_loop(mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
     while let Some(frame) = rx.recv().await {
         if wr.write_all(&frame).await.is_err() {
             return;

@@ -120,9 +120,7 @@ impl Tracker {
             .filter(|(_, p)| p.targets.contains_key(&member))
             .map(|(id, _)| id.clone())
             .collect();
-        ids.iter()
-            .flat_map(|id| self.give_up(id, member))
-            .collect()
+        ids.iter().flat_map(|id| self.give_up(id, member)).collect()
     }
 
     /// Request `req_id` never reached `member`.
@@ -202,7 +200,10 @@ mod tests {
             req,
             Response::<socketioxide::AckError> {
                 node_id: node,
-                r#type: ResponseType::BroadcastAck((Sid::new(), Ok(Value::Str("yes".into(), None)))),
+                r#type: ResponseType::BroadcastAck((
+                    Sid::new(),
+                    Ok(Value::Str("yes".into(), None)),
+                )),
             },
         ))
         .unwrap()

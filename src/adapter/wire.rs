@@ -214,7 +214,10 @@ mod tests {
             req,
             Response::<socketioxide::AckError> {
                 node_id: node,
-                r#type: ResponseType::BroadcastAck((Sid::new(), Ok(Value::Str("yes".into(), None)))),
+                r#type: ResponseType::BroadcastAck((
+                    Sid::new(),
+                    Ok(Value::Str("yes".into(), None)),
+                )),
             },
         ))
         .unwrap();

@@ -91,8 +91,9 @@ pub fn channel<Out, In>(fd: OwnedFd) -> Result<(Sender<Out>, Receiver<In>), IpcE
     set_nonblocking(fd.as_fd())?;
     // SAFETY: `fd` is an open descriptor that the AsyncFd takes ownership of (`OwnedFd`), so it
     // stays open and refers to the same socket until the AsyncFd is dropped.
-    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-        .map_err(|e| IpcError::Socket("register seqpacket socket", e.into()))?;
+    let fd =
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+            .map_err(|e| IpcError::Socket("register seqpacket socket", e.into()))?;
     let sock = Arc::new(Socket { fd });
     Ok((
         Sender {
@@ -269,7 +270,9 @@ mod tests {
         let fd = fd.expect("descriptor travelled with its message");
         // Received descriptors are close-on-exec.
         let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert!(nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC));
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        );
         let mut received = std::os::unix::net::UnixStream::from(fd);
         received.write_all(b"ping").unwrap();
         let mut got = [0u8; 4];
@@ -293,7 +296,10 @@ mod tests {
         let data = [1u8, 7];
         socket::send(a.as_raw_fd(), &data, MsgFlags::empty()).unwrap();
         match rx.recv().await {
-            Err(IpcError::Manifest { expected: 1, got: 0 }) => {}
+            Err(IpcError::Manifest {
+                expected: 1,
+                got: 0,
+            }) => {}
             other => panic!("unexpected: {other:?}"),
         }
     }
@@ -303,6 +309,9 @@ mod tests {
         let (a, _b) = seqpacket_pair().unwrap();
         let (tx, _rx) = channel::<Vec<u8>, u8>(a).unwrap();
         let big = vec![0u8; MAX_MESSAGE + 10];
-        assert!(matches!(tx.send(&big, None).await, Err(IpcError::TooLarge(_))));
+        assert!(matches!(
+            tx.send(&big, None).await,
+            Err(IpcError::TooLarge(_))
+        ));
     }
 }

@@ -76,7 +76,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next<'a, T: Deserialize<'a>>(&'a mut self) -> Result<Option<T>, IpcError> {
         match self.next_raw().await? {
             None => Ok(None),
-            Some(raw) => postcard::from_bytes(raw).map(Some).map_err(IpcError::Decode),
+            Some(raw) => postcard::from_bytes(raw)
+                .map(Some)
+                .map_err(IpcError::Decode),
         }
     }
 }
@@ -98,9 +100,21 @@ mod tests {
         let (mut a, b) = tokio::net::UnixStream::pair().unwrap();
         let big = vec![7u8; 1_500_000];
         let frames = vec![
-            encode(&Msg { chan: "one", payload: b"x" }).unwrap(),
-            encode(&Msg { chan: "two", payload: &big }).unwrap(),
-            encode(&Msg { chan: "three", payload: b"" }).unwrap(),
+            encode(&Msg {
+                chan: "one",
+                payload: b"x",
+            })
+            .unwrap(),
+            encode(&Msg {
+                chan: "two",
+                payload: &big,
+            })
+            .unwrap(),
+            encode(&Msg {
+                chan: "three",
+                payload: b"",
+            })
+            .unwrap(),
         ];
         let writer = tokio::spawn(async move {
             for f in frames {
@@ -109,7 +123,13 @@ mod tests {
         });
         let mut r = FrameReader::new(tokio::io::BufReader::new(b));
         let m: Msg = r.next().await.unwrap().unwrap();
-        assert_eq!(m, Msg { chan: "one", payload: b"x" });
+        assert_eq!(
+            m,
+            Msg {
+                chan: "one",
+                payload: b"x"
+            }
+        );
         let m: Msg = r.next().await.unwrap().unwrap();
         assert_eq!(m.chan, "two");
         assert_eq!(m.payload.len(), big.len());

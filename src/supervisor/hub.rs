@@ -348,7 +348,10 @@ mod tests {
 
     impl Peer {
         async fn send(&mut self, up: &BusUp<'_>) {
-            self.wr.write_all(&frame::encode(up).unwrap()).await.unwrap();
+            self.wr
+                .write_all(&frame::encode(up).unwrap())
+                .await
+                .unwrap();
         }
         async fn recv(&mut self) -> String {
             let d: BusDown = tokio::time::timeout(Duration::from_secs(5), self.rd.next())
@@ -419,7 +422,11 @@ mod tests {
         })
         .await;
         assert_eq!(b.recv().await, "deliver x from-a");
-        c.send(&BusUp::NumServ { id: 1, chan: "x".into() }).await;
+        c.send(&BusUp::NumServ {
+            id: 1,
+            chan: "x".into(),
+        })
+        .await;
         assert_eq!(c.recv().await, "numserv [1, 2]");
     }
 
@@ -429,7 +436,10 @@ mod tests {
         let mut a = join(&hub, 1);
         let mut b = join(&hub, 2);
         b.send(&BusUp::Subscribe { chan: "r".into() }).await;
-        a.send(&BusUp::Subscribe { chan: "resp".into() }).await;
+        a.send(&BusUp::Subscribe {
+            chan: "resp".into(),
+        })
+        .await;
         settle().await;
         b.send(&BusUp::Publish {
             chan: "resp".into(),
@@ -479,7 +489,10 @@ mod tests {
         // Socket buffers hold some; the hub's own queue never exceeds its limit by more than one
         // frame.
         let st = hub.state.read().unwrap();
-        let queued = st.members[&MemberId(2)].outbox.queued.load(Ordering::Relaxed);
+        let queued = st.members[&MemberId(2)]
+            .outbox
+            .queued
+            .load(Ordering::Relaxed);
         assert!(queued <= 64 * 1024 + big.len() + 64, "{queued}");
     }
 }

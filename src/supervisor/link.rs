@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::ipc::IpcError;
 use crate::ipc::channel::{self, Receiver, Sender};
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToPrimary, ToWorker};
-use crate::ipc::IpcError;
 
 use super::slot::{Outgoing, Phase, WorkerHandle};
 use super::{Event, Shared};
@@ -99,7 +99,11 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
             }
             ToPrimary::RegisterSid { req, sid } => {
                 shared.sids.lock().unwrap().insert(sid, member);
-                if handle.send(ToWorker::SidRegistered { req }, None).await.is_err() {
+                if handle
+                    .send(ToWorker::SidRegistered { req }, None)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -26,15 +26,23 @@ pub enum ListenSource {
 /// Binds `addr` with `SO_REUSEADDR` and the given backlog.
 pub fn bind(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, SupervisorError> {
     let err = |what: &'static str| move |e| SupervisorError::Listen(addr.to_string(), what, e);
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))
-        .map_err(err("create socket"))?;
-    socket.set_reuse_address(true).map_err(err("set SO_REUSEADDR"))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )
+    .map_err(err("create socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(err("set SO_REUSEADDR"))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false).ok();
     }
     socket.bind(&addr.into()).map_err(err("bind"))?;
     socket.listen(backlog).map_err(err("listen"))?;
-    socket.set_nonblocking(true).map_err(err("set non-blocking"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(err("set non-blocking"))?;
     Ok(socket.into())
 }
 
@@ -48,7 +56,9 @@ pub fn from_systemd() -> Result<Option<std::net::TcpListener>, SupervisorError> 
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
     }
-    let n: i32 = fds.parse().map_err(|_| SupervisorError::Activation(format!("LISTEN_FDS=`{fds}` is not a number")))?;
+    let n: i32 = fds
+        .parse()
+        .map_err(|_| SupervisorError::Activation(format!("LISTEN_FDS=`{fds}` is not a number")))?;
     if n < 1 {
         return Ok(None);
     }
@@ -68,13 +78,16 @@ pub fn from_systemd() -> Result<Option<std::net::TcpListener>, SupervisorError> 
         Ok(t) if t == Type::STREAM => {}
         _ => {
             return Err(SupervisorError::Activation(
-                "the socket passed by systemd is not a TCP stream socket (ListenStream= expected)".into(),
+                "the socket passed by systemd is not a TCP stream socket (ListenStream= expected)"
+                    .into(),
             ));
         }
     }
     socket
         .set_cloexec(true)
         .and_then(|_| socket.set_nonblocking(true))
-        .map_err(|e| SupervisorError::Activation(format!("cannot configure the passed socket: {e}")))?;
+        .map_err(|e| {
+            SupervisorError::Activation(format!("cannot configure the passed socket: {e}"))
+        })?;
     Ok(Some(socket.into()))
 }

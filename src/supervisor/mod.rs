@@ -48,7 +48,9 @@ use spawn::Spawner;
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// The listening socket could not be set up.
-    #[error("cannot listen on {0}: {1} failed: {2} (is another process using the port? try another --listen)")]
+    #[error(
+        "cannot listen on {0}: {1} failed: {2} (is another process using the port? try another --listen)"
+    )]
     Listen(String, &'static str, #[source] std::io::Error),
     /// Socket activation was malformed.
     #[error("systemd socket activation: {0}")]
@@ -125,9 +127,25 @@ impl Shared {
             return Some(h.clone());
         }
         let (cands, handles) = roster.candidates();
-        self.balancer
-            .pick(&cands, peer)
-            .map(|i| handles[i].clone())
+        self.balancer.pick(&cands, peer).map(|i| handles[i].clone())
+    }
+
+    /// One-line summary of the cluster (logged periodically, and systemd's STATUS=).
+    pub fn status(&self) -> String {
+        let roster = self.roster.read().unwrap();
+        let ready = roster.count(Phase::Ready);
+        let draining = roster.count(Phase::Draining);
+        let starting = roster.count(Phase::Starting);
+        drop(roster);
+        let bus = self.hub.stats();
+        format!(
+            "workers: {ready}/{} ready, {starting} starting, {draining} draining; sessions routed: {}; connections: {}; bus: {} relayed, {} dropped",
+            self.config.workers.resolve(),
+            self.sids.lock().unwrap().len(),
+            self.stats.handed.load(std::sync::atomic::Ordering::Relaxed),
+            bus.relayed,
+            bus.dropped,
+        )
     }
 
     /// Routes again a connection whose worker died before receiving it.
@@ -233,7 +251,11 @@ impl Primary {
         }
     }
 
-    async fn run(mut self, listener: tokio::net::TcpListener, activated: bool) -> Result<(), SupervisorError> {
+    async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        activated: bool,
+    ) -> Result<(), SupervisorError> {
         let addr = listener
             .local_addr()
             .map_err(|e| SupervisorError::Listen("socket".into(), "getsockname", e))?;
@@ -253,6 +275,21 @@ impl Primary {
         }
         tracing::info!(%addr, workers = n, "listening on {addr}");
 
+        let shared = self.shared.clone();
+        let status_every = Duration::from_millis(self.shared.config.status_interval_ms.max(100));
+        let status = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(status_every);
+            tick.tick().await;
+            let mut last = String::new();
+            loop {
+                tick.tick().await;
+                let now = shared.status();
+                if now != last {
+                    tracing::info!("status: {now}");
+                    last = now;
+                }
+            }
+        });
         let mut sigterm = signal(SignalKind::terminate()).map_err(SupervisorError::Runtime)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(SupervisorError::Runtime)?;
         loop {
@@ -267,6 +304,7 @@ impl Primary {
         }
 
         // Drain.
+        status.abort();
         self.stopping = true;
         let _ = stop_tx.send(true);
         let _ = accept.await;
@@ -319,8 +357,8 @@ impl Primary {
     }
 
     async fn wait_all_ready(&mut self, n: usize) -> Result<(), SupervisorError> {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.shared.config.ready_timeout_ms);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.shared.config.ready_timeout_ms);
         loop {
             let ready = self.shared.roster.read().unwrap().count(Phase::Ready);
             if ready >= n {
@@ -356,7 +394,9 @@ impl Primary {
                     self.kill_all();
                     return Err(SupervisorError::Startup {
                         slot,
-                        reason: format!("the worker process exited ({status}); its error is logged above"),
+                        reason: format!(
+                            "the worker process exited ({status}); its error is logged above"
+                        ),
                     });
                 }
                 Event::Ready(member) => self.log_ready(member),
@@ -446,7 +486,11 @@ impl Primary {
         let previous = h.set_phase(Phase::Gone);
         let purged = self.shared.sids.lock().unwrap().purge(member);
         if purged > 0 {
-            tracing::info!(slot = h.slot, purged, "sessions of the exited worker purged");
+            tracing::info!(
+                slot = h.slot,
+                purged,
+                "sessions of the exited worker purged"
+            );
         }
         // Keep the phase it had for the caller's decision.
         h.set_phase(previous);

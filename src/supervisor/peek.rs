@@ -257,7 +257,9 @@ mod tests {
         );
         assert_eq!(h.sid.unwrap().as_str(), "EsPJiCvFMpyNdJz2");
         assert!(h.engine);
-        let h = complete("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nsid: AAAAAAAAAAAAAAAA\r\n\r\n");
+        let h = complete(
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nsid: AAAAAAAAAAAAAAAA\r\n\r\n",
+        );
         assert_eq!(h.sid, None);
         assert!(!h.bad_sid);
     }
@@ -287,11 +289,20 @@ mod tests {
     #[test]
     fn partial_then_too_large() {
         let r = rules();
-        assert_eq!(parse_head(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHo", &r), Ok(Parsed::Partial));
+        assert_eq!(
+            parse_head(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHo", &r),
+            Ok(Parsed::Partial)
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000));
-        assert_eq!(parse_head(big.as_bytes(), &r), Err(PeekError::TooLarge(1024)));
+        assert_eq!(
+            parse_head(big.as_bytes(), &r),
+            Err(PeekError::TooLarge(1024))
+        );
         let big_complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
-        assert_eq!(parse_head(big_complete.as_bytes(), &r), Err(PeekError::TooLarge(1024)));
+        assert_eq!(
+            parse_head(big_complete.as_bytes(), &r),
+            Err(PeekError::TooLarge(1024))
+        );
     }
 
     #[test]
@@ -309,7 +320,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
             let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(b"GET /socket.io/?EIO=4&sid=EsPJiCvFMpyNdJz2 HT").await.unwrap();
+            c.write_all(b"GET /socket.io/?EIO=4&sid=EsPJiCvFMpyNdJz2 HT")
+                .await
+                .unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             c.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
             c
@@ -340,7 +353,10 @@ mod tests {
         let (s, _) = listener.accept().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let started = Instant::now();
-        assert_eq!(peek_head(&s, &rules(), deadline).await, Err(PeekError::Closed));
+        assert_eq!(
+            peek_head(&s, &rules(), deadline).await,
+            Err(PeekError::Closed)
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(4));
         drop(client.await.unwrap());
     }

@@ -73,7 +73,10 @@ mod tests {
         t.insert(sid('b'), MemberId(2));
         t.insert(sid('c'), MemberId(2));
         assert_eq!(t.owner(&sid('a')), Some(MemberId(1)));
-        assert!(!t.remove(&sid('a'), MemberId(2)), "only the owner unregisters");
+        assert!(
+            !t.remove(&sid('a'), MemberId(2)),
+            "only the owner unregisters"
+        );
         assert!(t.remove(&sid('a'), MemberId(1)));
         assert_eq!(t.owner(&sid('a')), None);
         assert_eq!(t.purge(MemberId(2)), 2);

@@ -121,7 +121,10 @@ impl WorkerHandle {
 
     /// Whether it can be sent connections of sessions it owns.
     pub fn is_alive(&self) -> bool {
-        matches!(self.phase(), Phase::Ready | Phase::Draining | Phase::Starting)
+        matches!(
+            self.phase(),
+            Phase::Ready | Phase::Draining | Phase::Starting
+        )
     }
 
     /// Open connections as far as the primary knows.
@@ -133,10 +136,7 @@ impl WorkerHandle {
 
     /// Queues a control message, waiting while the queue is full.
     pub async fn send(&self, msg: ToWorker, fd: Option<OwnedFd>) -> Result<(), Outgoing> {
-        self.ctl
-            .send(Outgoing { msg, fd })
-            .await
-            .map_err(|e| e.0)
+        self.ctl.send(Outgoing { msg, fd }).await.map_err(|e| e.0)
     }
 
     /// Reserves room in the control queue (so a descriptor is only moved once it can be sent).
@@ -146,9 +146,11 @@ impl WorkerHandle {
 
     /// Queues a control message if there is room.
     pub fn try_send(&self, msg: ToWorker, fd: Option<OwnedFd>) -> Result<(), Outgoing> {
-        self.ctl.try_send(Outgoing { msg, fd }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-        })
+        self.ctl
+            .try_send(Outgoing { msg, fd })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
+            })
     }
 }
 

@@ -111,8 +111,8 @@ fn spawn_one(
     member: MemberId,
 ) -> Result<Spawned, SupervisorError> {
     let io_err = |what: &str, e: std::io::Error| SupervisorError::Spawn(what.to_string(), e);
-    let (ctl_primary, ctl_child) =
-        seqpacket_pair().map_err(|e| io_err("create control socket pair", std::io::Error::other(e)))?;
+    let (ctl_primary, ctl_child) = seqpacket_pair()
+        .map_err(|e| io_err("create control socket pair", std::io::Error::other(e)))?;
     // std's UnixStream::pair creates close-on-exec sockets.
     let (bus_primary, bus_child) =
         std::os::unix::net::UnixStream::pair().map_err(|e| io_err("create bus socket pair", e))?;

@@ -81,7 +81,10 @@ impl Control {
 
     /// The worker owning `sid`, if any.
     pub async fn lookup_sid(&self, sid: SessionId) -> Result<Option<MemberId>, WorkerError> {
-        match self.request(|req| ToPrimary::LookupSid { req, sid }).await? {
+        match self
+            .request(|req| ToPrimary::LookupSid { req, sid })
+            .await?
+        {
             ToWorker::SidLocation { owner, .. } => Ok(owner),
             _ => Ok(None),
         }

@@ -57,7 +57,11 @@ async fn try_forward(
     });
     let upgrading = req.headers().contains_key(header::UPGRADE);
     let client_side = upgrading.then(|| hyper::upgrade::on(&mut req));
-    shared.stats.forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stats
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(%owner, uri = %req.uri(), "forwarding a request to the session's worker");
     let mut res = sender.send_request(req).await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_side
@@ -67,8 +71,9 @@ async fn try_forward(
             let (Ok(client), Ok(owner)) = tokio::join!(client_side, owner_side) else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(owner))
-                .await;
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(owner))
+                    .await;
         });
     }
     Ok(res.map(Body::new))

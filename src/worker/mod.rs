@@ -23,7 +23,7 @@ use http::HeaderValue;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::service::SocketIoService;
 use socketioxide::{SocketIo, SocketIoBuilder, SocketIoConfig};
-use socketioxide_core::Uid;
+use socketioxide_core::{Sid, Uid};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::watch;
 use tower_layer::Layer;
@@ -38,7 +38,10 @@ use crate::supervisor::peek::slot_token;
 pub use session::ClientAddr;
 
 use control::Control;
-use lease::Leases;
+use lease::{ExpiryRules, Leases};
+
+/// How often registered sessions are checked for expiry.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Channel prefix of the IPC bus (one host, one app: no need to configure it).
 const IPC_PREFIX: &str = "socket.io";
@@ -146,7 +149,7 @@ impl FromStr for WorkerEnv {
 ///
 /// ```no_run
 /// # fn demo(worker: sio_cluster::Worker) {
-/// let sio_cluster::Worker { io, info } = worker;
+/// let sio_cluster::Worker { io, info, .. } = worker;
 /// println!("worker {} of {} (pid {})", info.index, info.workers, info.pid);
 /// # let _ = io;
 /// # }
@@ -357,8 +360,8 @@ where
         driver: driver.clone(),
         prefix: adapter_config.prefix.to_string(),
     };
-    let mut builder =
-        builder.with_adapter::<ClusterAdapter>(RedisAdapterCtr::new_with_driver(driver, adapter_config));
+    let mut builder = builder
+        .with_adapter::<ClusterAdapter>(RedisAdapterCtr::new_with_driver(driver, adapter_config));
     if let Some(configure) = configure {
         builder = configure(builder);
     }
@@ -405,7 +408,7 @@ where
         },
         None,
     );
-    spawn_reporters(&shared, &config);
+    spawn_reporters(&shared, &config, io);
 
     loop {
         let (msg, fd) = match ctl_rx.recv().await {
@@ -422,13 +425,19 @@ where
         match msg {
             ToWorker::Conn(manifest) => match fd {
                 Some(fd) => serve::spawn(shared.clone(), svc.clone(), manifest, fd),
-                None => tracing::warn!(conn = manifest.id, "connection message without a descriptor"),
+                None => tracing::warn!(
+                    conn = manifest.id,
+                    "connection message without a descriptor"
+                ),
             },
             reply @ (ToWorker::SidRegistered { req } | ToWorker::SidLocation { req, .. }) => {
                 control.resolve(req, reply);
             }
             ToWorker::Drain { timeout_ms } => {
-                tokio::spawn(drain_and_exit(shared.clone(), Duration::from_millis(timeout_ms)));
+                tokio::spawn(drain_and_exit(
+                    shared.clone(),
+                    Duration::from_millis(timeout_ms),
+                ));
             }
         }
     }
@@ -447,7 +456,7 @@ async fn drain_and_exit(shared: Arc<WorkerShared>, timeout: Duration) {
     std::process::exit(0);
 }
 
-fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config) {
+fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<ClusterAdapter>) {
     // Load: connections closed, at most every 100 ms and only when it changed.
     let s = shared.clone();
     tokio::spawn(async move {
@@ -458,7 +467,12 @@ fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config) {
             let closed = s.closed_total.load(Ordering::Relaxed);
             if closed != last {
                 last = closed;
-                s.control.send(ToPrimary::Load { closed_total: closed }, None);
+                s.control.send(
+                    ToPrimary::Load {
+                        closed_total: closed,
+                    },
+                    None,
+                );
             }
         }
     });
@@ -482,14 +496,25 @@ fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config) {
     });
     // Lease sweeper: unregister sessions that no longer need routing.
     let s = shared.clone();
-    let ttl = Duration::from_millis(
-        config.ping_interval_ms.unwrap_or(25_000) + config.ping_timeout_ms.unwrap_or(20_000) + 5_000,
-    );
+    let rules = ExpiryRules {
+        idle: Duration::from_millis(
+            config.ping_interval_ms.unwrap_or(25_000)
+                + config.ping_timeout_ms.unwrap_or(20_000)
+                + 5_000,
+        ),
+        connect_window: Duration::from_millis(config.connect_timeout_ms.unwrap_or(45_000) + 1_000),
+    };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval((ttl / 4).max(Duration::from_secs(1)));
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            let expired = s.leases.expire(ttl);
+            let nsps = io.nsps();
+            let expired = s.leases.expire(rules, |sid| {
+                let Ok(sid) = Sid::from_str(sid.as_str()) else {
+                    return false;
+                };
+                nsps.iter().any(|ns| ns.get_socket(sid).is_some())
+            });
             if !expired.is_empty() {
                 tracing::debug!(count = expired.len(), "sessions no longer routed here");
                 s.unregister(expired);

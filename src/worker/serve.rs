@@ -16,10 +16,18 @@ use super::session::{ConnCtx, SessionService};
 use super::{AppService, WorkerShared};
 
 /// Takes ownership of a received descriptor and serves it on a new task.
-pub(crate) fn spawn(shared: Arc<WorkerShared>, svc: AppService, manifest: ConnManifest, fd: OwnedFd) {
+pub(crate) fn spawn(
+    shared: Arc<WorkerShared>,
+    svc: AppService,
+    manifest: ConnManifest,
+    fd: OwnedFd,
+) {
     let kind = socket2::SockRef::from(&fd).r#type();
     if !matches!(kind, Ok(t) if t == socket2::Type::STREAM) {
-        tracing::warn!(conn = manifest.id, "received descriptor is not a stream socket; closing it");
+        tracing::warn!(
+            conn = manifest.id,
+            "received descriptor is not a stream socket; closing it"
+        );
         return;
     }
     shared.open.fetch_add(1, Ordering::Relaxed);
@@ -27,7 +35,10 @@ pub(crate) fn spawn(shared: Arc<WorkerShared>, svc: AppService, manifest: ConnMa
         ConnOrigin::Accepted => {
             let std = std::net::TcpStream::from(fd);
             let _ = std.set_nodelay(true);
-            match std.set_nonblocking(true).and_then(|_| tokio::net::TcpStream::from_std(std)) {
+            match std
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpStream::from_std(std))
+            {
                 Ok(stream) => {
                     let ctx = ConnCtx {
                         forwarded: false,
@@ -43,7 +54,10 @@ pub(crate) fn spawn(shared: Arc<WorkerShared>, svc: AppService, manifest: ConnMa
         }
         ConnOrigin::Forwarded { .. } => {
             let std = std::os::unix::net::UnixStream::from(fd);
-            match std.set_nonblocking(true).and_then(|_| tokio::net::UnixStream::from_std(std)) {
+            match std
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::UnixStream::from_std(std))
+            {
                 Ok(stream) => {
                     let ctx = ConnCtx {
                         forwarded: true,

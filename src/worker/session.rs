@@ -242,11 +242,18 @@ mod tests {
             Kind::Handshake { polling: false }
         );
         assert_eq!(
-            classify("/socket.io/", Some("EIO=4&transport=polling&sid=EsPJiCvFMpyNdJz2"), p),
+            classify(
+                "/socket.io/",
+                Some("EIO=4&transport=polling&sid=EsPJiCvFMpyNdJz2"),
+                p
+            ),
             Kind::Session(SessionId::parse("EsPJiCvFMpyNdJz2").unwrap())
         );
         assert_eq!(classify("/socket.io/", Some("sid=bad"), p), Kind::Other);
-        assert_eq!(classify("/api", Some("sid=EsPJiCvFMpyNdJz2"), p), Kind::Other);
+        assert_eq!(
+            classify("/api", Some("sid=EsPJiCvFMpyNdJz2"), p),
+            Kind::Other
+        );
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! The primary's session table holds only sessions that may still send a request on a new
+//! connection: live polling sessions. Closed sessions leave it at once (within the sweep
+//! interval), upgraded ones after ping interval + ping timeout, and a dead worker's are purged.
+
+mod support;
+
+use std::time::Duration;
+
+use sio_client::{Client, ClientConfig, PollingConn, Transport};
+use support::{Start, eventually};
+
+/// Latest `sessions routed: N` in the primary's status lines.
+fn routed(c: &support::Cluster) -> Option<usize> {
+    c.logs()
+        .lines()
+        .filter_map(|l| l.split("sessions routed: ").nth(1))
+        .filter_map(|rest| rest.split(';').next()?.trim().parse().ok())
+        .last()
+}
+
+#[test]
+fn table_follows_live_polling_sessions() {
+    let c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--status-interval-ms",
+        "200",
+        "--ping-interval-ms",
+        "1000",
+        "--ping-timeout-ms",
+        "1000",
+    ])
+    .spawn();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut polling = Vec::new();
+        for _ in 0..40 {
+            let cfg =
+                ClientConfig::new(c.addr, Transport::Polling).polling_conn(PollingConn::Fresh);
+            polling.push(Client::connect(cfg).await.unwrap());
+        }
+        let mut upgraded = Vec::new();
+        for _ in 0..20 {
+            upgraded.push(
+                Client::connect(ClientConfig::new(c.addr, Transport::PollingThenUpgrade))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // All 60 were registered at their handshake.
+        assert!(
+            eventually(Duration::from_secs(5), || routed(&c)
+                .is_some_and(|n| n >= 40)),
+            "status: {:?}",
+            routed(&c)
+        );
+        // Upgraded sessions stop needing routing after ping interval + ping timeout (+5 s);
+        // the polling ones stay, still working.
+        assert!(
+            eventually(Duration::from_secs(15), || routed(&c) == Some(40)),
+            "status: {:?}",
+            routed(&c)
+        );
+        for p in &polling {
+            let who = p
+                .emit_with_ack("/", "whoami", vec![], Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(who[0]["sid"], p.socket_id("/").unwrap());
+        }
+        for u in &upgraded {
+            assert!(u.is_connected());
+        }
+        // Closing the polling sessions empties the table within a few sweeps.
+        for p in polling {
+            p.disconnect().await.unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(8), || routed(&c) == Some(0)),
+            "status: {:?}",
+            routed(&c)
+        );
+    });
+}
