@@ -9,97 +9,289 @@
 //! cargo build --release --examples
 //! target/release/examples/testapp --listen 127.0.0.1:3000 --workers 4
 //! target/release/examples/testapp --adapter redis --redis-url redis://127.0.0.1:6379
+//! target/release/examples/testapp --standalone --listen 127.0.0.1:3000
 //! ```
 //!
 //! Flags are the cluster's common ones (`--help`); the primary prints `listening on ADDR` once
 //! every worker is ready. Cross-worker operations all go through the cluster adapter.
+//!
+//! `--standalone` (or `TESTAPP_STANDALONE=1`) serves the very same handlers from ONE process
+//! instead: socketioxide's default `LocalAdapter`, a multi-thread tokio runtime on every core,
+//! hyper HTTP/1.1 on `--listen` (the stack a worker runs), the same engine flags. It is the
+//! "one socketioxide process" the benchmarks compare the cluster with; cluster-only flags
+//! (`--workers`, `--balance`, `--adapter`...) are ignored there. `whoami` answers worker `"0"`
+//! and `server_count` answers 1.
 
 use std::convert::Infallible;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
-use sio_cluster::{ClusterAdapter, ClusterHandle, Config, Worker, WorkerInfo};
+use sio_cluster::{ClusterAdapter, ClusterHandle, Config, Worker};
 use socketioxide::SocketIo;
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::RemoteSocket;
+use tower_layer::Layer;
 
-type A = ClusterAdapter;
-
-/// Namespaces served (same behaviour on both).
+/// Namespaces served (same behaviour on each).
 const NAMESPACES: [&str; 2] = ["/", "/custom"];
+
+/// Dynamic namespaces (`/dyn/anything`), created on a worker when a client first connects to
+/// one there; same behaviour as the static ones.
+const DYNAMIC_NAMESPACES: &str = "/dyn/{name}";
 
 /// `ack_all` timeout when the client gives none.
 const DEFAULT_ACK_ALL_MS: u64 = 5000;
 
-/// What the handlers need from the worker (set once per worker process).
+/// The test app's command line: the cluster's common flags, plus `--standalone`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "testapp",
+    about = "The sio-cluster test app: every event of test-app-protocol.md, served by the cluster \
+             (default) or by one socketioxide process (--standalone).",
+    version
+)]
+struct Cli {
+    /// Serve from ONE process with socketioxide's default LocalAdapter (no workers, no
+    /// primary): the baseline the benchmarks compare the cluster with. Cluster-only flags are
+    /// ignored.
+    #[arg(
+        long,
+        env = "TESTAPP_STANDALONE",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue,
+    )]
+    standalone: bool,
+
+    #[command(flatten)]
+    config: Config,
+}
+
+/// What the handlers need from the process (set once, before namespaces are registered).
 struct Ctx {
-    io: SocketIo<A>,
-    info: WorkerInfo,
-    cluster: ClusterHandle,
+    /// `whoami`'s `worker`: the worker's slot index (`"0"` standalone).
+    worker: String,
+    pid: u32,
+    servers: Servers,
+}
+
+/// Where `server_count` comes from.
+enum Servers {
+    /// Servers the cluster adapter's bus counts.
+    Cluster(ClusterHandle),
+    /// One process, nothing to count.
+    Standalone,
 }
 
 static CTX: OnceLock<Ctx> = OnceLock::new();
 
 fn ctx() -> &'static Ctx {
     CTX.get()
-        .expect("worker context is set before namespaces are registered")
+        .expect("the process context is set before namespaces are registered")
 }
 
 fn main() -> anyhow::Result<()> {
-    let config = <Config as clap::Parser>::parse();
+    let Cli { standalone, config } = <Cli as clap::Parser>::parse();
+    if standalone {
+        return standalone::run(config);
+    }
     sio_cluster::run(config, |w: Worker| async move {
         let Worker { io, info, cluster } = w;
         let _ = CTX.set(Ctx {
-            io: io.clone(),
-            info,
-            cluster,
+            worker: info.index.to_string(),
+            pid: info.pid,
+            servers: Servers::Cluster(cluster),
         });
         for ns in NAMESPACES {
-            io.ns(ns, on_connect.with(register_handlers)).await?;
+            io.ns(
+                ns,
+                on_connect::<ClusterAdapter>.with(register_handlers::<ClusterAdapter>),
+            )
+            .await?;
         }
+        io.dyn_ns(
+            DYNAMIC_NAMESPACES,
+            on_connect::<ClusterAdapter>.with(register_handlers::<ClusterAdapter>),
+        )?;
         Ok(axum::Router::new())
     })?;
     Ok(())
 }
 
+/// `--standalone`: the same app in one process, `LocalAdapter`, every core.
+mod standalone {
+    use super::*;
+
+    pub(super) fn run(config: Config) -> anyhow::Result<()> {
+        config.validate()?;
+        init_logging();
+        raise_nofile_limit();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(serve(config))
+    }
+
+    async fn serve(config: Config) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        let mut builder = SocketIo::builder().req_path(config.path.clone());
+        if let Some(ms) = config.ping_interval_ms {
+            builder = builder.ping_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = config.ping_timeout_ms {
+            builder = builder.ping_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = config.connect_timeout_ms {
+            builder = builder.connect_timeout(Duration::from_millis(ms));
+        }
+        if let Some(bytes) = config.max_payload {
+            builder = builder.max_payload(bytes);
+        }
+        let (layer, io) = builder.build_layer();
+        let _ = CTX.set(Ctx {
+            worker: "0".into(),
+            pid: std::process::id(),
+            servers: Servers::Standalone,
+        });
+        for ns in NAMESPACES {
+            // The local adapter initialises synchronously: nothing to await.
+            io.ns(
+                ns,
+                on_connect::<LocalAdapter>.with(register_handlers::<LocalAdapter>),
+            );
+        }
+        io.dyn_ns(
+            DYNAMIC_NAMESPACES,
+            on_connect::<LocalAdapter>.with(register_handlers::<LocalAdapter>),
+        )?;
+        let svc = layer.layer(axum::Router::new());
+
+        let listener = bind(config.listen, config.backlog)?;
+        let addr = listener.local_addr()?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on {addr}")?;
+            out.flush()?;
+        }
+        tracing::info!(%addr, "standalone: listening on {addr}");
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            let (stream, _peer) = tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                res = listener.accept() => match res {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    tracing::debug!("connection ended with an error: {e}");
+                }
+            });
+        }
+        tracing::info!("standalone: signal received; exiting");
+        Ok(())
+    }
+
+    /// Binds `addr` with `backlog` (like the primary does), `SO_REUSEADDR` on.
+    fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog.max(1) as u32)
+    }
+
+    /// Same as the cluster's primary: many connections need many descriptors.
+    fn raise_nofile_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    eprintln!("cannot raise the open-file limit to {hard}: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("cannot read the open-file limit: {e}"),
+        }
+    }
+
+    /// Logs to stderr, `RUST_LOG` filtered (default `info`), like the cluster's processes.
+    fn init_logging() {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    }
+}
+
 /// Connect middleware: registers every event handler before the CONNECT reply is sent, so a
 /// client's first event (sent right after `40`) always finds its handler.
-async fn register_handlers(s: SocketRef<A>) -> Result<(), Infallible> {
-    s.on("message", on_message);
-    s.on("message-with-ack", on_message_with_ack);
-    s.on("emit-with-ack", on_emit_with_ack);
-    s.on("whoami", on_whoami);
-    s.on("join", on_join);
-    s.on("leave", on_leave);
-    s.on("echo", on_echo);
-    s.on("ping_ack", on_ping_ack);
-    s.on("to_all", on_to_all);
-    s.on("to_others", on_to_others);
-    s.on("to_room", on_to_room);
-    s.on("to_room_except", on_to_room_except);
-    s.on("count_sockets", on_count_sockets);
-    s.on("rooms", on_rooms);
-    s.on("server_count", on_server_count);
-    s.on("ack_all", on_ack_all);
-    s.on("remote_join", on_remote_join);
-    s.on("remote_leave", on_remote_leave);
-    s.on("remote_emit", on_remote_emit);
-    s.on("kick", on_kick);
-    s.on("kick_room", on_kick_room);
-    s.on("room_to_room", on_room_to_room);
+async fn register_handlers<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible> {
+    s.on("message", on_message::<A>);
+    s.on("message-with-ack", on_message_with_ack::<A>);
+    s.on("emit-with-ack", on_emit_with_ack::<A>);
+    s.on("whoami", on_whoami::<A>);
+    s.on("join", on_join::<A>);
+    s.on("leave", on_leave::<A>);
+    s.on("echo", on_echo::<A>);
+    s.on("ping_ack", on_ping_ack::<A>);
+    s.on("to_all", on_to_all::<A>);
+    s.on("to_others", on_to_others::<A>);
+    s.on("to_room", on_to_room::<A>);
+    s.on("to_room_except", on_to_room_except::<A>);
+    s.on("count_sockets", on_count_sockets::<A>);
+    s.on("rooms", on_rooms::<A>);
+    s.on("server_count", on_server_count::<A>);
+    s.on("ack_all", on_ack_all::<A>);
+    s.on("remote_join", on_remote_join::<A>);
+    s.on("remote_leave", on_remote_leave::<A>);
+    s.on("remote_emit", on_remote_emit::<A>);
+    s.on("kick", on_kick::<A>);
+    s.on("kick_room", on_kick_room::<A>);
+    s.on("room_to_room", on_room_to_room::<A>);
+    // Beyond the shared protocol, for the adapter tests:
+    s.on("volatile_to_all", on_volatile_to_all::<A>);
+    s.on("sockets", on_sockets::<A>);
+    s.on("room_leave", on_room_leave::<A>);
     Ok(())
 }
 
 /// Connect handler (runs once the socket is connected): emits `auth` with the handshake's auth
 /// object (`{}` when the client sent none).
-async fn on_connect(s: SocketRef<A>, TryData(auth): TryData<Value>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, TryData(auth): TryData<Value>) {
     let auth = auth.unwrap_or_else(|e| {
         tracing::warn!(sid = %s.id, "unreadable auth payload: {e}");
         Value::Map(Vec::new())
@@ -111,17 +303,17 @@ async fn on_connect(s: SocketRef<A>, TryData(auth): TryData<Value>) {
 
 // ==== events ====
 
-async fn on_message(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_message<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
     if let Err(e) = s.emit("message-back", &args) {
         tracing::warn!(sid = %s.id, "emit message-back: {e}");
     }
 }
 
-async fn on_message_with_ack(Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_message_with_ack<A: Adapter>(Data(args): Data<Args>, ack: AckSender<A>) {
     send_ack(ack, &args);
 }
 
-async fn on_emit_with_ack(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_emit_with_ack<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
     let stream = match s.emit_with_ack::<_, Args>("emit-with-ack", &args) {
         Ok(stream) => stream,
         Err(e) => return tracing::warn!(sid = %s.id, "emit-with-ack: {e}"),
@@ -136,19 +328,19 @@ async fn on_emit_with_ack(s: SocketRef<A>, Data(args): Data<Args>) {
     }
 }
 
-async fn on_whoami(s: SocketRef<A>, ack: AckSender<A>) {
-    let info = &ctx().info;
+async fn on_whoami<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
+    let ctx = ctx();
     send_ack(
         ack,
         &serde_json::json!({
-            "worker": info.index.to_string(),
-            "pid": info.pid,
+            "worker": ctx.worker,
+            "pid": ctx.pid,
             "sid": s.id.to_string(),
         }),
     );
 }
 
-async fn on_join(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_join<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     match args.room(0) {
         Ok(room) => {
             s.join(room);
@@ -158,7 +350,7 @@ async fn on_join(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     }
 }
 
-async fn on_leave(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_leave<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     match args.room(0) {
         Ok(room) => {
             s.leave(room);
@@ -168,55 +360,60 @@ async fn on_leave(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     }
 }
 
-async fn on_echo(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_echo<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
     if let Err(e) = s.emit("msg", &args.get(0)) {
         tracing::warn!(sid = %s.id, "emit msg: {e}");
     }
 }
 
-async fn on_ping_ack(Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_ping_ack<A: Adapter>(Data(args): Data<Args>, ack: AckSender<A>) {
     send_ack(ack, &args.get(0));
 }
 
-async fn on_to_all(s: SocketRef<A>, Data(args): Data<Args>) {
-    if let Err(e) = ns_op(&s).emit("msg", &args.get(0)).await {
+async fn on_to_all<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, Data(args): Data<Args>) {
+    if let Err(e) = ns_op(&io, &s).emit("msg", &args.get(0)).await {
         tracing::warn!(sid = %s.id, "to_all: {e}");
     }
 }
 
-async fn on_to_others(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_to_others<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
     if let Err(e) = s.broadcast().emit("msg", &args.get(0)).await {
         tracing::warn!(sid = %s.id, "to_others: {e}");
     }
 }
 
-async fn on_to_room(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_to_room<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, Data(args): Data<Args>) {
     let room = match args.room(0) {
         Ok(room) => room,
         Err(e) => return tracing::warn!(sid = %s.id, "to_room: {e}"),
     };
     // Through the namespace, not the socket: the sender gets it too when it is in the room.
-    if let Err(e) = ns_op(&s).to(room).emit("msg", &args.get(1)).await {
+    if let Err(e) = ns_op(&io, &s).to(room).emit("msg", &args.get(1)).await {
         tracing::warn!(sid = %s.id, "to_room: {e}");
     }
 }
 
-async fn on_to_room_except(s: SocketRef<A>, Data(args): Data<Args>) {
+async fn on_to_room_except<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, Data(args): Data<Args>) {
     let (room, except) = match (args.room(0), args.room(1)) {
         (Ok(room), Ok(except)) => (room, except),
         (Err(e), _) | (_, Err(e)) => return tracing::warn!(sid = %s.id, "to_room_except: {e}"),
     };
-    let op = ns_op(&s).to(room).except(except);
+    let op = ns_op(&io, &s).to(room).except(except);
     if let Err(e) = op.emit("msg", &args.get(2)).await {
         tracing::warn!(sid = %s.id, "to_room_except: {e}");
     }
 }
 
-async fn on_count_sockets(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_count_sockets<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let op = match args.get(0) {
-        Value::Null => ns_op(&s),
+        Value::Null => ns_op(&io, &s),
         _ => match args.room(0) {
-            Ok(room) => ns_op(&s).to(room),
+            Ok(room) => ns_op(&io, &s).to(room),
             Err(e) => return send_ack(ack, &e),
         },
     };
@@ -226,8 +423,8 @@ async fn on_count_sockets(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSende
     }
 }
 
-async fn on_rooms(s: SocketRef<A>, ack: AckSender<A>) {
-    match ns_op(&s).rooms().await {
+async fn on_rooms<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>) {
+    match ns_op(&io, &s).rooms().await {
         Ok(rooms) => {
             let mut rooms: Vec<String> = rooms.into_iter().map(|r| r.into_owned()).collect();
             rooms.sort();
@@ -238,24 +435,20 @@ async fn on_rooms(s: SocketRef<A>, ack: AckSender<A>) {
     }
 }
 
-async fn on_server_count(s: SocketRef<A>, ack: AckSender<A>) {
-    match ctx().cluster.server_count(s.ns()).await {
-        Ok(n) => send_ack(ack, &n),
-        Err(e) => send_error(ack, "server_count", e),
+async fn on_server_count<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
+    match &ctx().servers {
+        Servers::Cluster(cluster) => match cluster.server_count(s.ns()).await {
+            Ok(n) => send_ack(ack, &n),
+            Err(e) => send_error(ack, "server_count", e),
+        },
+        Servers::Standalone => send_ack(ack, &1u16),
     }
 }
 
 /// Emits `ask` to every other socket of the namespace, on every worker, and acks how many
 /// answered and how many did not within the timeout.
-async fn on_ack_all(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_ack_all<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     let timeout = Duration::from_millis(args.get(0).as_u64().unwrap_or(DEFAULT_ACK_ALL_MS));
-    // Who should answer: every other socket, as the adapter sees them now. The stream may not
-    // report a remote socket that timed out (its worker's report can arrive after the stream's
-    // own deadline), so missing answers are counted against this number.
-    let expected = match ns_op(&s).fetch_sockets().await {
-        Ok(all) => all.iter().filter(|r| r.data().id != s.id).count(),
-        Err(e) => return send_error(ack, "ack_all", e),
-    };
     let stream = s
         .broadcast()
         .timeout(timeout)
@@ -282,20 +475,26 @@ async fn on_ack_all(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) 
             }
         }
     }
-    let timeouts = failed.max(expected.saturating_sub(acks));
-    tracing::debug!(sid = %s.id, expected, acks, failed, timeouts, "ack_all");
+    // Every socket asked yields exactly one item: its reply, or an error when it did not answer
+    // in time (or its worker died before it could).
+    tracing::debug!(sid = %s.id, acks, failed, "ack_all");
     send_ack(
         ack,
-        &serde_json::json!({ "acks": acks, "timeouts": timeouts }),
+        &serde_json::json!({ "acks": acks, "timeouts": failed }),
     );
 }
 
-async fn on_remote_join(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_remote_join<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let room = match args.room(1) {
         Ok(room) => room,
         Err(e) => return send_ack(ack, &e),
     };
-    match find_socket(&s, &args).await {
+    match find_socket(&io, &s, &args).await {
         Ok(Some(remote)) => match remote.join(room).await {
             Ok(()) => send_ack(ack, "ok"),
             Err(e) => send_error(ack, "remote_join", e),
@@ -305,12 +504,17 @@ async fn on_remote_join(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<
     }
 }
 
-async fn on_remote_leave(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_remote_leave<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let room = match args.room(1) {
         Ok(room) => room,
         Err(e) => return send_ack(ack, &e),
     };
-    match find_socket(&s, &args).await {
+    match find_socket(&io, &s, &args).await {
         Ok(Some(remote)) => match remote.leave(room).await {
             Ok(()) => send_ack(ack, "ok"),
             Err(e) => send_error(ack, "remote_leave", e),
@@ -320,8 +524,13 @@ async fn on_remote_leave(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender
     }
 }
 
-async fn on_remote_emit(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
-    match find_socket(&s, &args).await {
+async fn on_remote_emit<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
+    match find_socket(&io, &s, &args).await {
         Ok(Some(remote)) => match remote.emit("msg", &args.get(1)).await {
             Ok(()) => send_ack(ack, "ok"),
             Err(e) => send_error(ack, "remote_emit", e),
@@ -331,8 +540,13 @@ async fn on_remote_emit(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<
     }
 }
 
-async fn on_kick(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
-    match find_socket(&s, &args).await {
+async fn on_kick<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
+    match find_socket(&io, &s, &args).await {
         Ok(Some(remote)) => match remote.disconnect().await {
             Ok(()) => send_ack(ack, "ok"),
             Err(e) => send_error(ack, "kick", e),
@@ -342,57 +556,128 @@ async fn on_kick(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     }
 }
 
-async fn on_kick_room(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_kick_room<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let room = match args.room(0) {
         Ok(room) => room,
         Err(e) => return send_ack(ack, &e),
     };
-    match ns_op(&s).to(room).disconnect().await {
+    match ns_op(&io, &s).to(room).disconnect().await {
         Ok(()) => send_ack(ack, "ok"),
         Err(e) => send_error(ack, "kick_room", e),
     }
 }
 
-async fn on_room_to_room(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_room_to_room<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let (src, dst) = match (args.room(0), args.room(1)) {
         (Ok(src), Ok(dst)) => (src, dst),
         (Err(e), _) | (_, Err(e)) => return send_ack(ack, &e),
     };
-    match ns_op(&s).to(src).join(dst).await {
+    match ns_op(&io, &s).to(src).join(dst).await {
         Ok(()) => send_ack(ack, "ok"),
         Err(e) => send_error(ack, "room_to_room", e),
     }
 }
 
+/// `io.volatile().emit`: may be dropped for a congested socket, never queued.
+async fn on_volatile_to_all<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, Data(args): Data<Args>) {
+    if let Err(e) = ns_op(&io, &s).volatile().emit("msg", &args.get(0)).await {
+        tracing::warn!(sid = %s.id, "volatile_to_all: {e}");
+    }
+}
+
+/// `fetch_sockets` data: `[{"id", "rooms"}]` of the sockets in a room (or all), across the
+/// cluster, sorted by id; each socket's rooms are asked from its own worker.
+async fn on_sockets<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
+    let op = match args.get(0) {
+        Value::Null => ns_op(&io, &s),
+        _ => match args.room(0) {
+            Ok(room) => ns_op(&io, &s).to(room),
+            Err(e) => return send_ack(ack, &e),
+        },
+    };
+    let sockets = match op.fetch_sockets().await {
+        Ok(sockets) => sockets,
+        Err(e) => return send_error(ack, "sockets", e),
+    };
+    let mut out = Vec::with_capacity(sockets.len());
+    for remote in sockets {
+        let mut rooms: Vec<String> = match remote.rooms().await {
+            Ok(rooms) => rooms.into_iter().map(|r| r.into_owned()).collect(),
+            Err(e) => return send_error(ack, "sockets", e),
+        };
+        rooms.sort();
+        out.push((remote.data().id.to_string(), rooms));
+    }
+    out.sort();
+    let out: Vec<_> = out
+        .into_iter()
+        .map(|(id, rooms)| serde_json::json!({ "id": id, "rooms": rooms }))
+        .collect();
+    send_ack(ack, &out);
+}
+
+/// `io.to(src).leave(dst)`: every socket in src, on every worker, leaves dst.
+async fn on_room_leave<A: Adapter>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
+    let (src, dst) = match (args.room(0), args.room(1)) {
+        (Ok(src), Ok(dst)) => (src, dst),
+        (Err(e), _) | (_, Err(e)) => return send_ack(ack, &e),
+    };
+    match ns_op(&io, &s).to(src).leave(dst).await {
+        Ok(()) => send_ack(ack, "ok"),
+        Err(e) => send_error(ack, "room_leave", e),
+    }
+}
+
 // ==== helpers ====
 
-/// Every socket of the sender's namespace, on every worker.
-fn ns_op(s: &SocketRef<A>) -> BroadcastOperators<A> {
-    ctx()
-        .io
-        .of(s.ns())
-        .expect("the socket's namespace is registered")
+/// Every socket of the sender's namespace, on every worker (the adapter's reach).
+fn ns_op<A: Adapter>(io: &SocketIo<A>, s: &SocketRef<A>) -> BroadcastOperators<A> {
+    io.of(s.ns()).expect("the socket's namespace is registered")
 }
 
 /// The socket whose id is the first argument, wherever it is in the cluster.
-async fn find_socket(s: &SocketRef<A>, args: &Args) -> Result<Option<RemoteSocket<A>>, String> {
+async fn find_socket<A: Adapter>(
+    io: &SocketIo<A>,
+    s: &SocketRef<A>,
+    args: &Args,
+) -> Result<Option<RemoteSocket<A>>, String> {
     let Value::Str(sid) = args.get(0) else {
         return Err("error: expected a socket id".into());
     };
-    let sockets = ns_op(s).fetch_sockets().await.map_err(|e| {
+    let sockets = ns_op(io, s).fetch_sockets().await.map_err(|e| {
         tracing::warn!("fetch_sockets: {e}");
         format!("error: {e}")
     })?;
     Ok(sockets.into_iter().find(|r| r.data().id.to_string() == sid))
 }
 
-fn send_ack<T: Serialize + ?Sized>(ack: AckSender<A>, data: &T) {
+fn send_ack<A: Adapter, T: Serialize + ?Sized>(ack: AckSender<A>, data: &T) {
     if let Err(e) = ack.send(data) {
         tracing::debug!("ack not sent: {e}");
     }
 }
 
-fn send_error(ack: AckSender<A>, what: &str, e: impl fmt::Display) {
+fn send_error<A: Adapter>(ack: AckSender<A>, what: &str, e: impl fmt::Display) {
     tracing::warn!("{what}: {e}");
     send_ack(ack, &format!("error: {e}"));
 }

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
 use sio_client::raw::{HttpConn, RawResponse, handshake_url, polling_url};
 use support::Start;

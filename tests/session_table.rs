@@ -15,7 +15,7 @@ fn routed(c: &support::Cluster) -> Option<usize> {
         .lines()
         .filter_map(|l| l.split("sessions routed: ").nth(1))
         .filter_map(|rest| rest.split(';').next()?.trim().parse().ok())
-        .last()
+        .next_back()
 }
 
 #[test]
