@@ -6,6 +6,7 @@
 //! against [`ClusterAdapter`] and the `--adapter` flag picks the transport.
 
 mod ipc;
+pub mod redis;
 mod tracker;
 mod wire;
 
@@ -14,6 +15,7 @@ use socketioxide_redis::CustomRedisAdapter;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
 pub use ipc::{IpcDriver, IpcDriverError};
+pub use redis::{RedisBus, RedisBusError};
 
 /// The adapter every worker runs: use it as the adapter type of your handlers.
 ///
@@ -32,6 +34,8 @@ pub type ClusterAdapter = CustomRedisAdapter<Emitter, ClusterDriver>;
 pub enum ClusterDriver {
     /// The primary's IPC bus (default, one host).
     Ipc(IpcDriver),
+    /// A Redis server shared by several hosts.
+    Redis(RedisBus),
 }
 
 /// Errors of [`ClusterDriver`].
@@ -48,6 +52,7 @@ impl Driver for ClusterDriver {
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.publish(chan, val).await?),
+            ClusterDriver::Redis(d) => Ok(d.publish(chan, val).await.unwrap_or_else(|never| match never {})),
         }
     }
 
@@ -58,18 +63,21 @@ impl Driver for ClusterDriver {
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.subscribe(chan, size).await?),
+            ClusterDriver::Redis(d) => Ok(d.subscribe(chan, size).await.unwrap_or_else(|never| match never {})),
         }
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.unsubscribe(chan).await?),
+            ClusterDriver::Redis(d) => Ok(d.unsubscribe(chan).await.unwrap_or_else(|never| match never {})),
         }
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.num_serv(chan).await?),
+            ClusterDriver::Redis(d) => Ok(d.num_serv(chan).await.unwrap_or_else(|never| match never {})),
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum SupervisorError {
     /// IPC setup failed.
     #[error(transparent)]
     Ipc(#[from] crate::ipc::IpcError),
+    /// Redis mode was asked for but Redis cannot be used.
+    #[error(transparent)]
+    Redis(#[from] crate::adapter::RedisBusError),
 }
 
 /// Lifecycle events, handled by the supervision loop.
@@ -177,6 +180,13 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .map_err(|e| SupervisorError::Listen(config.listen.to_string(), "register", e))?;
+        if config.adapter == crate::config::AdapterKind::Redis {
+            // Fail fast, before starting workers, on a wrong URL or an unreachable Redis.
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let timeout = Duration::from_millis(config.redis_connect_timeout_ms);
+            crate::adapter::redis::probe(url, timeout).await?;
+            tracing::info!(url = %crate::adapter::redis::redact(url), "Redis reachable");
+        }
         let spawner = Spawner::start(tokio::runtime::Handle::current(), exe, args)?;
         Primary::new(config, spawner).run(listener, activated).await
     })

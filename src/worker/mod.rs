@@ -28,7 +28,7 @@ use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::watch;
 use tower_layer::Layer;
 
-use crate::adapter::{ClusterAdapter, ClusterDriver, IpcDriver};
+use crate::adapter::{ClusterAdapter, ClusterDriver, IpcDriver, RedisBus};
 use crate::config::{AdapterKind, Config};
 use crate::ipc::channel;
 use crate::ipc::message::{MAX_SIDS_PER_MESSAGE, MemberId, ToPrimary, ToWorker};
@@ -326,9 +326,12 @@ where
             ))
         }
         AdapterKind::Redis => {
-            return Err(WorkerError::Adapter(
-                "Redis mode is not available in this build yet".into(),
-            ));
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let timeout = Duration::from_millis(config.redis_connect_timeout_ms);
+            let bus = RedisBus::connect(url, &config.redis_prefix, timeout)
+                .await
+                .map_err(|e| WorkerError::Adapter(e.to_string()))?;
+            ClusterDriver::Redis(bus)
         }
     };
     let adapter_config = RedisAdapterConfig::new()

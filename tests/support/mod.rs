@@ -135,9 +135,9 @@ impl Cluster {
                 Ok(cluster)
             }
             Err(_) => {
-                let status = cluster.try_wait();
+                let code = cluster.wait_exit(Duration::from_millis(200)).map(|s| s.code());
                 Err(format!(
-                    "cluster did not print `listening on` within {:?} (exit: {status:?}); logs:\n{}",
+                    "cluster did not print `listening on` within {:?} (exit code: {code:?}); logs:\n{}",
                     opts.timeout,
                     cluster.logs()
                 ))
@@ -377,4 +377,98 @@ pub fn polling_handshake(addr: SocketAddr) -> std::io::Result<String> {
         .ok_or_else(|| std::io::Error::other(format!("no sid in {body}")))?
         + 7;
     Ok(body[at..at + 16].to_string())
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `redis-server` on 127.0.0.1, started by the test (killed on drop).
+pub struct RedisServer {
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port with extra arguments (e.g. `--requirepass x`).
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Starts redis-server serving TLS only, with this certificate and key.
+    pub fn start_tls(cert: &Path, key: &Path) -> RedisServer {
+        let port = free_port();
+        let mut r = RedisServer {
+            port,
+            extra: vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let port_args: Vec<String> = if tls {
+            vec!["--port".into(), "0".into()]
+        } else {
+            vec!["--port".into(), self.port.to_string()]
+        };
+        let child = Command::new("redis-server")
+            .args(&port_args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "redis-server did not start on port {port}"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
