@@ -286,6 +286,7 @@ async fn register_handlers<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible
     s.on("volatile_to_all", on_volatile_to_all::<A>);
     s.on("sockets", on_sockets::<A>);
     s.on("room_leave", on_room_leave::<A>);
+    s.on("hog", on_hog::<A>);
     Ok(())
 }
 
@@ -646,6 +647,17 @@ async fn on_room_leave<A: Adapter>(
         Ok(()) => send_ack(ack, "ok"),
         Err(e) => send_error(ack, "room_leave", e),
     }
+}
+
+/// Memory deliberately held by `hog` (a leak on purpose, for the memory-limit test).
+static HOGGED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// `hog` mb: grows this worker's resident memory by `mb` MiB (kept until the process exits).
+async fn on_hog<A: Adapter>(Data(args): Data<Args>, ack: AckSender<A>) {
+    let mb = args.get(0).as_u64().unwrap_or(0).min(1024) as usize;
+    // Written, not just allocated, so the pages are resident.
+    HOGGED.lock().unwrap().push(vec![1u8; mb * 1024 * 1024]);
+    send_ack(ack, "ok");
 }
 
 // ==== helpers ====

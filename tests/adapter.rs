@@ -558,7 +558,7 @@ fn binary_and_large_payloads_cross_workers_intact() {
         let all: Vec<usize> = (0..6).collect();
         let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let bin = sio_client::binary(&bytes);
-        let p = json!({"t": 1, "blob": bin, "list": [sio_client::binary(&[0, 255, 1]), "text"]});
+        let p = json!({"t": 1, "blob": bin, "list": [sio_client::binary([0, 255, 1]), "text"]});
         f.clients[from]
             .emit("/", "to_all", vec![p.clone()])
             .await

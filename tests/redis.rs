@@ -15,7 +15,16 @@ use support::{Cluster, RedisServer, Start};
 const T: Duration = Duration::from_secs(10);
 
 fn host(url: &str, extra: &[&str]) -> Cluster {
-    let mut args = vec!["--workers", "2", "--adapter", "redis", "--redis-url", url, "--balance", "round-robin"];
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--adapter",
+        "redis",
+        "--redis-url",
+        url,
+        "--balance",
+        "round-robin",
+    ];
     args.extend_from_slice(extra);
     Start::testapp(&args).spawn()
 }
@@ -36,11 +45,17 @@ async fn ack(c: &Client, event: &str, args: Vec<Value>) -> Value {
 }
 
 async fn next_msg(c: &mut Client, timeout: Duration) -> Option<Value> {
-    c.next_event_named("msg", timeout).await.ok().map(|e| e.args[0].clone())
+    c.next_event_named("msg", timeout)
+        .await
+        .ok()
+        .map(|e| e.args[0].clone())
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -54,10 +69,14 @@ fn two_hosts_share_one_redis() {
             let addr = if i % 2 == 0 { a.addr } else { b.addr };
             clients.push(client(addr).await);
         }
-        let workers: HashMap<(bool, String), usize> = clients.iter().enumerate().fold(HashMap::new(), |mut m, (i, (_, w))| {
-            *m.entry((i % 2 == 0, w.clone())).or_default() += 1;
-            m
-        });
+        let workers: HashMap<(bool, String), usize> =
+            clients
+                .iter()
+                .enumerate()
+                .fold(HashMap::new(), |mut m, (i, (_, w))| {
+                    *m.entry((i % 2 == 0, w.clone())).or_default() += 1;
+                    m
+                });
         assert_eq!(workers.len(), 4, "clients on all 4 workers: {workers:?}");
 
         // Server count: 2 hosts × 2 workers.
@@ -66,22 +85,43 @@ fn two_hosts_share_one_redis() {
 
         // to_all from host A reaches every client of both hosts.
         let p = json!({"p": "to_all"});
-        clients[0].0.emit("/", "to_all", vec![p.clone()]).await.unwrap();
+        clients[0]
+            .0
+            .emit("/", "to_all", vec![p.clone()])
+            .await
+            .unwrap();
         for (i, (c, _)) in clients.iter_mut().enumerate() {
             assert_eq!(next_msg(c, T).await, Some(p.clone()), "client {i}");
         }
 
         // Rooms across hosts.
         for i in [1, 2, 5, 6] {
-            assert_eq!(ack(&clients[i].0, "join", vec![json!("x")]).await, json!("ok"));
+            assert_eq!(
+                ack(&clients[i].0, "join", vec![json!("x")]).await,
+                json!("ok")
+            );
         }
-        assert_eq!(ack(&clients[3].0, "count_sockets", vec![json!("x")]).await, json!(4));
-        assert_eq!(ack(&clients[3].0, "count_sockets", vec![Value::Null]).await, json!(16));
+        assert_eq!(
+            ack(&clients[3].0, "count_sockets", vec![json!("x")]).await,
+            json!(4)
+        );
+        assert_eq!(
+            ack(&clients[3].0, "count_sockets", vec![Value::Null]).await,
+            json!(16)
+        );
         assert_eq!(ack(&clients[4].0, "rooms", vec![]).await, json!(["x"]));
         let p = json!({"p": "room"});
-        clients[3].0.emit("/", "to_room", vec![json!("x"), p.clone()]).await.unwrap();
+        clients[3]
+            .0
+            .emit("/", "to_room", vec![json!("x"), p.clone()])
+            .await
+            .unwrap();
         for i in [1, 2, 5, 6] {
-            assert_eq!(next_msg(&mut clients[i].0, T).await, Some(p.clone()), "member {i}");
+            assert_eq!(
+                next_msg(&mut clients[i].0, T).await,
+                Some(p.clone()),
+                "member {i}"
+            );
         }
 
         // Acks from all 4 workers, asked from host B.
@@ -91,7 +131,10 @@ fn two_hosts_share_one_redis() {
         // fetch_sockets + remote emit to a socket on the other host.
         let target = clients[2].0.socket_id("/").unwrap().to_string();
         let p = json!({"p": "remote"});
-        assert_eq!(ack(&clients[1].0, "remote_emit", vec![json!(target), p.clone()]).await, json!("ok"));
+        assert_eq!(
+            ack(&clients[1].0, "remote_emit", vec![json!(target), p.clone()]).await,
+            json!("ok")
+        );
         assert_eq!(next_msg(&mut clients[2].0, T).await, Some(p));
     });
 }
@@ -130,7 +173,10 @@ fn redis_outage_keeps_local_delivery_and_resumes_cross_host() {
                 redis.restart();
                 restarted_at = Some(seq);
             }
-            sender.emit("/", "to_all", vec![json!({"s": seq})]).await.unwrap();
+            sender
+                .emit("/", "to_all", vec![json!({"s": seq})])
+                .await
+                .unwrap();
             seq += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
             while let Some(ev) = local.try_next_event() {
@@ -158,10 +204,20 @@ fn redis_outage_keeps_local_delivery_and_resumes_cross_host() {
         let (stopped_at, restarted_at) = (stopped_at.unwrap(), restarted_at.unwrap());
 
         // Local delivery never stopped: every message reached the client on the same worker.
-        assert_eq!(local_got, (0..seq).collect::<Vec<_>>(), "local delivery had gaps");
+        assert_eq!(
+            local_got,
+            (0..seq).collect::<Vec<_>>(),
+            "local delivery had gaps"
+        );
         // Cross-host delivery worked before, paused during the outage, and resumed after it.
-        assert!(remote_got.iter().any(|s| *s < stopped_at), "nothing crossed hosts before the outage");
-        let after: Vec<_> = remote_got.iter().filter(|s| **s > restarted_at + 20).collect();
+        assert!(
+            remote_got.iter().any(|s| *s < stopped_at),
+            "nothing crossed hosts before the outage"
+        );
+        let after: Vec<_> = remote_got
+            .iter()
+            .filter(|s| **s > restarted_at + 20)
+            .collect();
         assert!(
             after.len() as u64 >= (seq - restarted_at - 20) / 2,
             "cross-host delivery did not resume: {} of {} after the restart; got {remote_got:?}",
@@ -182,12 +238,30 @@ fn redis_outage_keeps_local_delivery_and_resumes_cross_host() {
 fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
     let port = support::free_port();
     for (url, needle) in [
-        (format!("redis://127.0.0.1:{port}"), format!("redis://127.0.0.1:{port}")),
-        (format!("redis://:topsecret@127.0.0.1:{port}/0"), format!("redis://:***@127.0.0.1:{port}/0")),
-        ("ftp://127.0.0.1:1".to_string(), "ftp://127.0.0.1:1".to_string()),
+        (
+            format!("redis://127.0.0.1:{port}"),
+            format!("redis://127.0.0.1:{port}"),
+        ),
+        (
+            format!("redis://:topsecret@127.0.0.1:{port}/0"),
+            format!("redis://:***@127.0.0.1:{port}/0"),
+        ),
+        (
+            "ftp://127.0.0.1:1".to_string(),
+            "ftp://127.0.0.1:1".to_string(),
+        ),
     ] {
         let started = Instant::now();
-        let mut opts = Start::testapp(&["--workers", "2", "--adapter", "redis", "--redis-url", &url, "--redis-connect-timeout-ms", "1500"]);
+        let mut opts = Start::testapp(&[
+            "--workers",
+            "2",
+            "--adapter",
+            "redis",
+            "--redis-url",
+            &url,
+            "--redis-connect-timeout-ms",
+            "1500",
+        ]);
         opts.timeout = Duration::from_secs(10);
         let err = match opts.try_spawn() {
             Ok(_) => panic!("the cluster started with {url}"),
@@ -196,10 +270,17 @@ fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
         assert!(err.contains(&needle), "error does not name {needle}: {err}");
         assert!(!err.contains("topsecret"), "password leaked: {err}");
         assert!(err.contains("exit code: Some(Some(1))"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
     }
     // --adapter redis without a URL.
-    let err = Start::testapp(&["--adapter", "redis"]).try_spawn().err().expect("refused");
+    let err = Start::testapp(&["--adapter", "redis"])
+        .try_spawn()
+        .err()
+        .expect("refused");
     assert!(err.contains("--redis-url"), "{err}");
 }
 
@@ -224,16 +305,26 @@ fn password_prefix_and_tls() {
         let (mut a2, _) = client(app2.addr).await;
         assert_eq!(ack(&a1, "server_count", vec![]).await, json!(2));
         assert_eq!(ack(&a2, "server_count", vec![]).await, json!(2));
-        a1.emit("/", "to_all", vec![json!("app1 only")]).await.unwrap();
+        a1.emit("/", "to_all", vec![json!("app1 only")])
+            .await
+            .unwrap();
         assert_eq!(next_msg(&mut a1, T).await, Some(json!("app1 only")));
-        assert_eq!(next_msg(&mut a2, Duration::from_millis(500)).await, None, "app2 saw app1's broadcast");
+        assert_eq!(
+            next_msg(&mut a2, Duration::from_millis(500)).await,
+            None,
+            "app2 saw app1's broadcast"
+        );
 
         let mut over_tls = Vec::new();
         for _ in 0..4 {
             over_tls.push(client(tls_host.addr).await);
         }
         assert_eq!(ack(&over_tls[0].0, "server_count", vec![]).await, json!(2));
-        over_tls[0].0.emit("/", "to_all", vec![json!("tls")]).await.unwrap();
+        over_tls[0]
+            .0
+            .emit("/", "to_all", vec![json!("tls")])
+            .await
+            .unwrap();
         for (c, _) in over_tls.iter_mut() {
             assert_eq!(next_msg(c, T).await, Some(json!("tls")));
         }

@@ -52,7 +52,10 @@ impl Driver for ClusterDriver {
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.publish(chan, val).await?),
-            ClusterDriver::Redis(d) => Ok(d.publish(chan, val).await.unwrap_or_else(|never| match never {})),
+            ClusterDriver::Redis(d) => {
+                infallible(d.publish(chan, val).await);
+                Ok(())
+            }
         }
     }
 
@@ -63,21 +66,32 @@ impl Driver for ClusterDriver {
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.subscribe(chan, size).await?),
-            ClusterDriver::Redis(d) => Ok(d.subscribe(chan, size).await.unwrap_or_else(|never| match never {})),
+            ClusterDriver::Redis(d) => Ok(infallible(d.subscribe(chan, size).await)),
         }
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.unsubscribe(chan).await?),
-            ClusterDriver::Redis(d) => Ok(d.unsubscribe(chan).await.unwrap_or_else(|never| match never {})),
+            ClusterDriver::Redis(d) => {
+                infallible(d.unsubscribe(chan).await);
+                Ok(())
+            }
         }
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         match self {
             ClusterDriver::Ipc(d) => Ok(d.num_serv(chan).await?),
-            ClusterDriver::Redis(d) => Ok(d.num_serv(chan).await.unwrap_or_else(|never| match never {})),
+            ClusterDriver::Redis(d) => Ok(infallible(d.num_serv(chan).await)),
         }
+    }
+}
+
+/// The Redis transport absorbs outages instead of failing: its results cannot be errors.
+fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(never) => match never {},
     }
 }

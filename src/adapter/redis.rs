@@ -86,7 +86,10 @@ fn client(url: &str) -> Result<redis::Client, RedisBusError> {
         source,
     };
     let info = url.into_connection_info().map_err(bad)?;
-    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
     redis::Client::open(info.set_redis_settings(settings)).map_err(bad)
 }
 
@@ -140,14 +143,20 @@ pub struct RedisBus {
 
 impl fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBus").field("url", &self.inner.url).finish()
+        f.debug_struct("RedisBus")
+            .field("url", &self.inner.url)
+            .finish()
     }
 }
 
 impl RedisBus {
     /// Connects to `url` (failing if Redis does not answer within `timeout`) and starts the
     /// reconnect and health tasks.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisBusError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, RedisBusError> {
         tls_provider();
         let client = client(url)?;
         let driver = match tokio::time::timeout(timeout, RedisDriver::new(&client)).await {
@@ -271,10 +280,13 @@ async fn try_reconnect(inner: &Inner) -> Result<RedisDriver, String> {
         .collect();
     let mut pumps = Vec::new();
     for (chan, tx) in chans {
-        let stream = tokio::time::timeout(COMMAND_TIMEOUT, driver.subscribe(chan.clone(), DRIVER_BUFFER))
-            .await
-            .map_err(|_| "subscribe timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let stream = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            driver.subscribe(chan.clone(), DRIVER_BUFFER),
+        )
+        .await
+        .map_err(|_| "subscribe timed out".to_string())?
+        .map_err(|e| e.to_string())?;
         pumps.push((chan, pump(stream, tx)));
     }
     let mut subs = inner.subs.lock().unwrap();
@@ -340,7 +352,9 @@ impl Driver for RedisBus {
             },
         );
         if let Some(d) = self.driver() {
-            match tokio::time::timeout(COMMAND_TIMEOUT, d.subscribe(chan.clone(), DRIVER_BUFFER)).await {
+            match tokio::time::timeout(COMMAND_TIMEOUT, d.subscribe(chan.clone(), DRIVER_BUFFER))
+                .await
+            {
                 Ok(Ok(stream)) => {
                     let handle = pump(stream, tx);
                     match self.inner.subs.lock().unwrap().get_mut(&chan) {
@@ -394,7 +408,10 @@ mod tests {
     #[test]
     fn passwords_are_hidden() {
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("redis://:secret@10.0.0.5:6379/0"), "redis://:***@10.0.0.5:6379/0");
+        assert_eq!(
+            redact("redis://:secret@10.0.0.5:6379/0"),
+            "redis://:***@10.0.0.5:6379/0"
+        );
         assert_eq!(redact("rediss://user:pw@h:1"), "rediss://user:***@h:1");
         assert_eq!(redact("redis://token@h"), "redis://***@h");
         assert_eq!(redact("not a url"), "not a url");

@@ -65,6 +65,9 @@ pub enum ToWorker {
     Drain {
         /// Time left before the primary kills the worker.
         timeout_ms: u64,
+        /// Other workers go on (a reload): let handshakes in flight complete before closing
+        /// sessions, so their clients reconnect to a worker that stays. False on shutdown.
+        handover: bool,
     },
 }
 

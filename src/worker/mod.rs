@@ -40,6 +40,9 @@ pub use session::ClientAddr;
 use control::Control;
 use lease::{ExpiryRules, Leases};
 
+/// Longest wait, when draining, for in-flight handshakes to finish before sessions are closed.
+const DRAIN_SETTLE: Duration = Duration::from_millis(1500);
+
 /// How often registered sessions are checked for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -411,7 +414,7 @@ where
         },
         None,
     );
-    spawn_reporters(&shared, &config, io);
+    spawn_reporters(&shared, &config, io.clone());
 
     loop {
         let (msg, fd) = match ctl_rx.recv().await {
@@ -436,22 +439,48 @@ where
             reply @ (ToWorker::SidRegistered { req } | ToWorker::SidLocation { req, .. }) => {
                 control.resolve(req, reply);
             }
-            ToWorker::Drain { timeout_ms } => {
+            ToWorker::Drain {
+                timeout_ms,
+                handover,
+            } => {
                 tokio::spawn(drain_and_exit(
                     shared.clone(),
+                    io.clone(),
                     Duration::from_millis(timeout_ms),
+                    handover,
                 ));
             }
         }
     }
 }
 
-/// Stops keeping connections alive, waits for in-flight HTTP requests (bounded), then exits.
-/// Websocket sessions end with the process; their clients reconnect to the other workers.
-async fn drain_and_exit(shared: Arc<WorkerShared>, timeout: Duration) {
-    tracing::info!(open = shared.open.load(Ordering::Relaxed), "draining");
-    shared.drain.send_replace(true);
+/// Drains this worker within `timeout`, then exits:
+/// 1. HTTP connections finish the request in flight and are not kept alive (new sessions already
+///    go to other workers: the primary marked this one draining before telling it);
+/// 2. on a handover (reload), a short grace lets clients whose handshake was handed here just
+///    before finish connecting their namespaces;
+/// 3. every Engine.IO session is closed at the transport (`io.close()`), which Socket.IO clients
+///    treat as a lost connection: they reconnect at once, to the workers that stay;
+/// 4. the process exits once its connections are gone (or the time is up).
+async fn drain_and_exit(
+    shared: Arc<WorkerShared>,
+    io: SocketIo<ClusterAdapter>,
+    timeout: Duration,
+    handover: bool,
+) {
     let deadline = tokio::time::Instant::now() + timeout;
+    tracing::info!(
+        open = shared.open.load(Ordering::Relaxed),
+        handover,
+        "draining"
+    );
+    shared.drain.send_replace(true);
+    if handover {
+        let settle = tokio::time::Instant::now() + DRAIN_SETTLE.min(timeout / 2);
+        tokio::time::sleep_until(settle).await;
+        tracing::info!("closing every session so its client reconnects to another worker");
+    }
+    let _ = tokio::time::timeout_at(deadline, io.close()).await;
     while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -15,6 +15,9 @@ use crate::supervisor::accept::until_true;
 use super::session::{ConnCtx, SessionService};
 use super::{AppService, WorkerShared};
 
+/// How long a draining worker waits for the first request of a connection it was just handed.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Takes ownership of a received descriptor and serves it on a new task.
 pub(crate) fn spawn(
     shared: Arc<WorkerShared>,
@@ -43,6 +46,7 @@ pub(crate) fn spawn(
                     let ctx = ConnCtx {
                         forwarded: false,
                         peer: manifest.peer,
+                        requests: Default::default(),
                     };
                     tokio::spawn(serve(shared, svc, stream, ctx));
                 }
@@ -62,6 +66,7 @@ pub(crate) fn spawn(
                     let ctx = ConnCtx {
                         forwarded: true,
                         peer: manifest.peer,
+                        requests: Default::default(),
                     };
                     tokio::spawn(serve(shared, svc, stream, ctx));
                 }
@@ -78,6 +83,7 @@ async fn serve<I>(shared: Arc<WorkerShared>, svc: AppService, io: I, ctx: ConnCt
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = ctx.requests.clone();
     let service = TowerToHyperService::new(SessionService::new(svc, shared.clone(), ctx));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -92,6 +98,18 @@ where
             }
         }
         _ = until_true(&mut drain) => {
+            // A connection handed here just before the drain still has its first request unread
+            // in the socket: hyper would see it idle and close it unanswered. Serve that request
+            // first (bounded: a client that sends nothing is dropped).
+            let first = async {
+                while requests.load(Ordering::Relaxed) == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => { shared.conn_closed(); return; }
+                _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first) => {}
+            }
             // Finish the request in flight, then close instead of keeping the connection alive.
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

@@ -39,12 +39,14 @@ use super::forward;
 pub struct ClientAddr(pub Option<SocketAddr>);
 
 /// Facts about the connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ConnCtx {
     /// Forwarded by another worker: serve here, never forward again.
     pub forwarded: bool,
     /// Client address.
     pub peer: Option<SocketAddr>,
+    /// Requests started on this connection so far.
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a request means for session routing.
@@ -117,6 +119,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        self.conn
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         req.extensions_mut().insert(ClientAddr(self.conn.peer));
         let kind = classify(
             req.uri().path(),
@@ -125,7 +130,7 @@ where
         );
         let inner = self.inner.clone();
         let shared = self.shared.clone();
-        let conn = self.conn;
+        let conn = self.conn.clone();
         Box::pin(async move {
             match kind {
                 Kind::Session(sid) => {

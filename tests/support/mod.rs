@@ -43,6 +43,9 @@ pub struct Start<'a> {
     pub args: Vec<String>,
     pub env: Vec<(&'a str, String)>,
     pub timeout: Duration,
+    /// Address to report without waiting for `listening on` (the process starts later, e.g.
+    /// under systemd-socket-activate).
+    pub no_wait: Option<SocketAddr>,
 }
 
 impl<'a> Start<'a> {
@@ -55,6 +58,7 @@ impl<'a> Start<'a> {
             args: all,
             env: Vec::new(),
             timeout: Duration::from_secs(60),
+            no_wait: None,
         }
     }
 
@@ -128,6 +132,10 @@ impl Cluster {
             stdout: stdout_buf,
             known_workers: Mutex::new(Vec::new()),
         };
+        if let Some(addr) = opts.no_wait {
+            cluster.addr = addr;
+            return Ok(cluster);
+        }
         match rx.recv_timeout(opts.timeout) {
             Ok(addr) => {
                 cluster.addr = addr;
@@ -135,7 +143,9 @@ impl Cluster {
                 Ok(cluster)
             }
             Err(_) => {
-                let code = cluster.wait_exit(Duration::from_millis(200)).map(|s| s.code());
+                let code = cluster
+                    .wait_exit(Duration::from_millis(200))
+                    .map(|s| s.code());
                 Err(format!(
                     "cluster did not print `listening on` within {:?} (exit code: {code:?}); logs:\n{}",
                     opts.timeout,
@@ -461,7 +471,11 @@ impl RedisServer {
         self.child = Some(child);
         let port = self.port;
         assert!(
-            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
             "redis-server did not start on port {port}"
         );
     }

@@ -1,0 +1,623 @@
+//! The primary's lifecycle: start the workers, supervise them, roll them, drain them.
+//!
+//! One task owns this state machine and reacts to worker events, signals and a periodic tick:
+//! - **crash recovery**: a worker that exits is restarted in its slot after a backoff (×1.5 from
+//!   200 ms up to 15 s, reset once a worker stayed up 30 s); other workers are not touched;
+//! - **hung workers**: a worker whose heartbeats stop for `--heartbeat-timeout-ms` (or that does
+//!   not become ready within `--ready-timeout-ms`) is killed and replaced;
+//! - **rolling reload** (SIGHUP, or a worker over `--worker-memory-limit-mb`): one slot at a
+//!   time, start a new worker from the binary on disk, wait until it is ready (it takes new
+//!   sessions from then on), then drain the old one;
+//! - **systemd**: READY/RELOADING/STOPPING/STATUS notifications, and WATCHDOG only while every
+//!   worker answers heartbeats.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::config::Config;
+use crate::ipc::message::{MemberId, ToWorker};
+
+use super::balance::Balancer;
+use super::hub::Hub;
+use super::notify::Notifier;
+use super::peek::HeadRules;
+use super::slot::{CONTROL_QUEUE, Phase, WorkerHandle};
+use super::spawn::Spawner;
+use super::{Event, Shared, Stats, SupervisorError, accept, link};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// Restart bookkeeping of one slot.
+#[derive(Debug)]
+struct SlotState {
+    backoff: Duration,
+    crashes: u32,
+}
+
+/// How a wait inside a reload ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    Done,
+    TimedOut,
+    /// SIGTERM/SIGINT: stop everything.
+    Stop,
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+pub(super) struct Primary {
+    shared: Arc<Shared>,
+    spawner: Spawner,
+    events: mpsc::UnboundedReceiver<Event>,
+    slots: Vec<SlotState>,
+    next_member: u32,
+    stopping: bool,
+    notifier: Notifier,
+    signals: Signals,
+    tick: tokio::time::Interval,
+    /// A reload was asked for while one was running.
+    reload_again: bool,
+    /// Slots to roll because their worker is over the memory limit.
+    rolls: Vec<usize>,
+    last_status: String,
+}
+
+impl Primary {
+    pub(super) fn new(config: Config, spawner: Spawner) -> Result<Self, SupervisorError> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let n = config.workers.resolve();
+        let notifier = Notifier::from_env();
+        let every = Duration::from_millis(config.heartbeat_interval_ms.max(50));
+        let every = match notifier.watchdog() {
+            Some(w) => every.min(w / 3),
+            None => every,
+        };
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sig = |k| signal(k).map_err(SupervisorError::Runtime);
+        let signals = Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            hup: sig(SignalKind::hangup())?,
+        };
+        let shared = Arc::new(Shared {
+            rules: HeadRules {
+                engine_prefix: config.engine_path_prefix(),
+                cookie: config.sticky_cookie.clone(),
+                max_head: config.max_head_bytes,
+            },
+            roster: Default::default(),
+            sids: Default::default(),
+            hub: Hub::new(config.bus_queue_bytes),
+            balancer: Balancer::new(config.balance),
+            pending: Arc::new(Semaphore::new(config.max_pending_heads)),
+            events: tx,
+            stats: Stats::default(),
+            config,
+        });
+        Ok(Self {
+            shared,
+            spawner,
+            events,
+            slots: (0..n)
+                .map(|_| SlotState {
+                    backoff: FIRST_BACKOFF,
+                    crashes: 0,
+                })
+                .collect(),
+            next_member: 0,
+            stopping: false,
+            notifier,
+            signals,
+            tick,
+            reload_again: false,
+            rolls: Vec::new(),
+            last_status: String::new(),
+        })
+    }
+
+    pub(super) async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        activated: bool,
+    ) -> Result<(), SupervisorError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| SupervisorError::Listen("socket".into(), "getsockname", e))?;
+        let n = self.slots.len();
+        tracing::info!(workers = n, %addr, activated, "starting");
+        for slot in 0..n {
+            self.start_worker(slot).await?;
+        }
+        self.wait_all_ready(n).await?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept::accept_loop(self.shared.clone(), listener, stop_rx));
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {addr}");
+            let _ = out.flush();
+        }
+        tracing::info!(%addr, workers = n, "listening on {addr}");
+        self.last_status = self.shared.status();
+        self.notifier.ready(&self.last_status);
+
+        let status_every = Duration::from_millis(self.shared.config.status_interval_ms.max(100));
+        let mut status_tick = tokio::time::interval(status_every);
+        status_tick.tick().await;
+        let mut last_logged = String::new();
+        loop {
+            if let Some(slot) = self.rolls.pop() {
+                if self.roll(vec![slot], "memory limit").await == Wait::Stop {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => break,
+                },
+                _ = self.signals.term.recv() => { tracing::info!("SIGTERM received"); break; }
+                _ = self.signals.int.recv() => { tracing::info!("SIGINT received"); break; }
+                _ = self.signals.hup.recv() => {
+                    if self.reload().await == Wait::Stop {
+                        break;
+                    }
+                }
+                _ = self.tick.tick() => self.on_tick(),
+                _ = status_tick.tick() => {
+                    let now = self.shared.status();
+                    if now != last_logged {
+                        tracing::info!("status: {now}");
+                        last_logged = now;
+                    }
+                }
+            }
+        }
+
+        // Drain.
+        self.stopping = true;
+        self.notifier.stopping();
+        let _ = stop_tx.send(true);
+        let _ = accept.await;
+        self.drain_all().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Drains every worker within the drain timeout; a second signal or the timeout kills them.
+    async fn drain_all(&mut self) {
+        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        let handles: Vec<_> = self.shared.roster.read().unwrap().iter().cloned().collect();
+        tracing::info!(workers = handles.len(), ?timeout, "draining workers");
+        for h in &handles {
+            drain(h, timeout, false);
+        }
+        let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(500);
+        let forced = loop {
+            if self.shared.roster.read().unwrap().iter().next().is_none() {
+                break false;
+            }
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => break false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("drain timeout reached; killing the remaining workers");
+                    break true;
+                }
+                _ = self.signals.term.recv() => { tracing::warn!("second signal: forcing exit"); break true; }
+                _ = self.signals.int.recv() => { tracing::warn!("second signal: forcing exit"); break true; }
+            }
+        };
+        if forced {
+            self.kill_all();
+            // Reap them so none outlives us (they would also die by PDEATHSIG when we exit).
+            let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.shared.roster.read().unwrap().iter().next().is_some() {
+                match tokio::time::timeout_at(reap_deadline, self.events.recv()).await {
+                    Ok(Some(ev)) => self.on_event(ev).await,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: replaces every worker, one slot at a time, with one started from the binary on
+    /// disk. New sessions go to each new worker as soon as it is ready; the old one drains.
+    async fn reload(&mut self) -> Wait {
+        loop {
+            tracing::info!("SIGHUP received: rolling reload of every worker");
+            self.notifier.reloading();
+            let slots: Vec<usize> = (0..self.slots.len()).collect();
+            let outcome = self.roll(slots, "reload").await;
+            if outcome == Wait::Stop {
+                return Wait::Stop;
+            }
+            self.last_status = self.shared.status();
+            self.notifier.ready(&self.last_status);
+            tracing::info!("reload finished: {}", self.last_status);
+            if !std::mem::take(&mut self.reload_again) {
+                return Wait::Done;
+            }
+        }
+    }
+
+    /// Replaces the worker of each slot in turn: start the successor, wait until it is ready,
+    /// then drain the predecessor and wait (bounded) for it to exit.
+    async fn roll(&mut self, slots: Vec<usize>, why: &str) -> Wait {
+        let ready_timeout = Duration::from_millis(self.shared.config.ready_timeout_ms);
+        let drain_timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        for slot in slots {
+            let old: Vec<Arc<WorkerHandle>> = self
+                .shared
+                .roster
+                .read()
+                .unwrap()
+                .iter()
+                .filter(|h| h.slot == slot && h.phase() != Phase::Draining)
+                .cloned()
+                .collect();
+            let new = match self.start_worker(slot).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(
+                        slot,
+                        "{why}: cannot start a new worker ({e}); keeping the old one"
+                    );
+                    continue;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + ready_timeout;
+            let waited = self
+                .wait_until(deadline, |p| p.member_phase(new) != Some(Phase::Starting))
+                .await;
+            match (waited, self.member_phase(new)) {
+                (Wait::Stop, _) => return Wait::Stop,
+                (_, Some(Phase::Ready)) => {}
+                _ => {
+                    tracing::error!(
+                        slot,
+                        "{why}: the new worker did not become ready; keeping the old one"
+                    );
+                    if let Some(h) = self.shared.roster.read().unwrap().get(new) {
+                        h.set_phase(Phase::Draining);
+                        h.kill();
+                    }
+                    continue;
+                }
+            }
+            for h in &old {
+                tracing::info!(slot, pid = h.pid, worker = %h.member, "{why}: draining the previous worker");
+                drain(h, drain_timeout, true);
+            }
+            let members: Vec<MemberId> = old.iter().map(|h| h.member).collect();
+            let deadline = tokio::time::Instant::now() + drain_timeout + Duration::from_millis(500);
+            let waited = self
+                .wait_until(deadline, |p| {
+                    members.iter().all(|m| p.member_phase(*m).is_none())
+                })
+                .await;
+            match waited {
+                Wait::Stop => return Wait::Stop,
+                Wait::TimedOut => {
+                    for h in &old {
+                        tracing::warn!(
+                            slot,
+                            pid = h.pid,
+                            "{why}: drain timeout; killing the previous worker"
+                        );
+                        h.kill();
+                    }
+                }
+                Wait::Done => {}
+            }
+        }
+        Wait::Done
+    }
+
+    /// Handles events, ticks and signals until `done` holds or the deadline passes.
+    async fn wait_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Wait {
+        loop {
+            if done(self) {
+                return Wait::Done;
+            }
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => return Wait::Stop,
+                },
+                _ = tokio::time::sleep_until(deadline) => return Wait::TimedOut,
+                _ = self.signals.term.recv() => { tracing::info!("SIGTERM received"); return Wait::Stop; }
+                _ = self.signals.int.recv() => { tracing::info!("SIGINT received"); return Wait::Stop; }
+                _ = self.signals.hup.recv() => {
+                    tracing::info!("SIGHUP received during a reload: another reload follows");
+                    self.reload_again = true;
+                }
+                _ = self.tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn member_phase(&self, member: MemberId) -> Option<Phase> {
+        self.shared
+            .roster
+            .read()
+            .unwrap()
+            .get(member)
+            .map(|h| h.phase())
+    }
+
+    /// Periodic checks: hung workers, memory limit, systemd watchdog and status.
+    fn on_tick(&mut self) {
+        let cfg = &self.shared.config;
+        let heartbeat_timeout = Duration::from_millis(cfg.heartbeat_timeout_ms);
+        let ready_timeout = Duration::from_millis(cfg.ready_timeout_ms);
+        let limit = cfg.worker_memory_limit_mb.map(|mb| mb * 1024 * 1024);
+        // The watchdog is fed only while every worker's heartbeat is fresh: a few intervals, far
+        // stricter than the timeout after which a silent worker is killed.
+        let fresh = Duration::from_millis(cfg.heartbeat_interval_ms.saturating_mul(3).max(500));
+        let mut all_answer = true;
+        let handles: Vec<_> = self.shared.roster.read().unwrap().iter().cloned().collect();
+        for h in &handles {
+            match h.phase() {
+                Phase::Starting if h.started.elapsed() > ready_timeout => {
+                    tracing::error!(
+                        slot = h.slot,
+                        pid = h.pid,
+                        "worker did not become ready in time; killing it"
+                    );
+                    h.kill();
+                }
+                Phase::Ready | Phase::Draining => {
+                    let silent = h.last_heartbeat.lock().unwrap().elapsed();
+                    if silent > fresh {
+                        all_answer = false;
+                    }
+                    if silent > heartbeat_timeout {
+                        tracing::error!(
+                            slot = h.slot,
+                            pid = h.pid,
+                            silent_ms = silent.as_millis() as u64,
+                            "worker is hung (no heartbeat); killing it"
+                        );
+                        h.kill();
+                    } else if let Some(limit) = limit
+                        && h.phase() == Phase::Ready
+                        && h.rss.load(Ordering::Relaxed) > limit
+                        && !self.rolls.contains(&h.slot)
+                    {
+                        tracing::warn!(
+                            slot = h.slot,
+                            pid = h.pid,
+                            rss_mb = h.rss.load(Ordering::Relaxed) / (1024 * 1024),
+                            "worker is over --worker-memory-limit-mb; rolling it"
+                        );
+                        self.rolls.push(h.slot);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let ready = handles.iter().filter(|h| h.phase() == Phase::Ready).count();
+        if self.notifier.watchdog().is_some() && all_answer && ready > 0 {
+            self.notifier.watchdog_ping();
+        }
+        let status = self.shared.status();
+        if status != self.last_status {
+            self.notifier.status(&status);
+            self.last_status = status;
+        }
+    }
+
+    async fn wait_all_ready(&mut self, n: usize) -> Result<(), SupervisorError> {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.shared.config.ready_timeout_ms);
+        loop {
+            let ready = self.shared.roster.read().unwrap().count(Phase::Ready);
+            if ready >= n {
+                tracing::info!(workers = n, "all workers ready");
+                return Ok(());
+            }
+            let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => unreachable!("the primary holds an event sender"),
+                Err(_) => {
+                    let slot = self
+                        .shared
+                        .roster
+                        .read()
+                        .unwrap()
+                        .iter()
+                        .find(|h| h.phase() != Phase::Ready)
+                        .map(|h| h.slot)
+                        .unwrap_or(0);
+                    self.kill_all();
+                    return Err(SupervisorError::Startup {
+                        slot,
+                        reason: format!(
+                            "not ready within {} ms (--ready-timeout-ms)",
+                            self.shared.config.ready_timeout_ms
+                        ),
+                    });
+                }
+            };
+            match ev {
+                Event::Exited(member, status) => {
+                    let slot = self.forget(member).map(|h| h.slot).unwrap_or(0);
+                    self.kill_all();
+                    return Err(SupervisorError::Startup {
+                        slot,
+                        reason: format!(
+                            "the worker process exited ({status}); its error is logged above"
+                        ),
+                    });
+                }
+                Event::Ready(member) => self.log_ready(member),
+                Event::LinkClosed(_) | Event::Respawn(_) => {}
+            }
+        }
+    }
+
+    fn kill_all(&self) {
+        for h in self.shared.roster.read().unwrap().iter() {
+            h.kill();
+        }
+    }
+
+    fn log_ready(&self, member: MemberId) {
+        if let Some(h) = self.shared.roster.read().unwrap().get(member) {
+            tracing::info!(
+                slot = h.slot,
+                pid = h.pid,
+                worker = %member,
+                startup_ms = h.started.elapsed().as_millis() as u64,
+                "worker ready"
+            );
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready(member) => self.log_ready(member),
+            Event::LinkClosed(member) => {
+                tracing::debug!(worker = %member, "control channel closed");
+            }
+            Event::Exited(member, status) => {
+                let Some(h) = self.forget(member) else {
+                    return;
+                };
+                let expected = self.stopping || h.phase() == Phase::Draining;
+                if expected {
+                    tracing::info!(slot = h.slot, pid = h.pid, %status, "worker exited");
+                    return;
+                }
+                let state = &mut self.slots[h.slot];
+                if h.started.elapsed() >= HEALTHY_AFTER {
+                    state.backoff = FIRST_BACKOFF;
+                    state.crashes = 0;
+                }
+                state.crashes += 1;
+                let delay = state.backoff;
+                state.backoff = state.backoff.mul_f64(1.5).min(MAX_BACKOFF);
+                tracing::error!(
+                    slot = h.slot,
+                    pid = h.pid,
+                    %status,
+                    crashes = state.crashes,
+                    restart_in_ms = delay.as_millis() as u64,
+                    "worker died; restarting it in its slot"
+                );
+                self.respawn_later(h.slot, delay);
+            }
+            Event::Respawn(slot) => {
+                if self.stopping || self.slot_is_served(slot) {
+                    return;
+                }
+                if let Err(e) = self.start_worker(slot).await {
+                    tracing::error!(slot, "cannot restart worker: {e}");
+                    let state = &mut self.slots[slot];
+                    let delay = state.backoff;
+                    state.backoff = state.backoff.mul_f64(1.5).min(MAX_BACKOFF);
+                    self.respawn_later(slot, delay);
+                }
+            }
+        }
+    }
+
+    /// Whether `slot` already has a worker that is starting or ready.
+    fn slot_is_served(&self, slot: usize) -> bool {
+        self.shared
+            .roster
+            .read()
+            .unwrap()
+            .iter()
+            .any(|h| h.slot == slot && matches!(h.phase(), Phase::Starting | Phase::Ready))
+    }
+
+    fn respawn_later(&self, slot: usize, delay: Duration) {
+        let events = self.shared.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Respawn(slot));
+        });
+    }
+
+    /// Removes an exited worker everywhere; returns its handle (with the phase it had).
+    fn forget(&self, member: MemberId) -> Option<Arc<WorkerHandle>> {
+        let h = self.shared.roster.write().unwrap().remove(member)?;
+        let purged = self.shared.sids.lock().unwrap().purge(member);
+        if purged > 0 {
+            tracing::info!(
+                slot = h.slot,
+                purged,
+                "sessions of the exited worker purged"
+            );
+        }
+        Some(h)
+    }
+
+    async fn start_worker(&mut self, slot: usize) -> Result<MemberId, SupervisorError> {
+        let member = MemberId(self.next_member);
+        self.next_member += 1;
+        let spawned = self.spawner.spawn(slot, member).await?;
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let handle = Arc::new(WorkerHandle::new(member, slot, spawned.pid, tx));
+        self.shared.roster.write().unwrap().insert(handle.clone());
+        link::start(self.shared.clone(), handle.clone(), spawned.ctl, rx)?;
+        spawned
+            .bus
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(spawned.bus))
+            .map(|bus| self.shared.hub.attach(member, bus))
+            .map_err(|e| SupervisorError::Spawn("set up the bus socket".into(), e))?;
+        let events = self.shared.events.clone();
+        let mut child = spawned.child;
+        let waiter = handle.clone();
+        tokio::spawn(async move {
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    _ = waiter.kill_requested() => { let _ = child.start_kill(); }
+                }
+            };
+            match status {
+                Ok(status) => {
+                    let _ = events.send(Event::Exited(member, status));
+                }
+                Err(e) => tracing::error!(worker = %member, "cannot wait for worker: {e}"),
+            }
+        });
+        tracing::info!(slot, pid = spawned.pid, worker = %member, "worker started");
+        Ok(member)
+    }
+}
+
+/// Stops routing new sessions to `h` and asks it to drain (`handover`: others take over).
+fn drain(h: &WorkerHandle, timeout: Duration, handover: bool) {
+    h.set_phase(Phase::Draining);
+    let _ = h.try_send(
+        ToWorker::Drain {
+            timeout_ms: timeout.as_millis() as u64,
+            handover,
+        },
+        None,
+    );
+}
