@@ -119,3 +119,93 @@ fn sessions_stick_with_two_workers() {
 fn sessions_stick_with_four_workers() {
     check(4);
 }
+
+#[test]
+fn sticky_cookie_routes_new_sessions_to_the_named_worker() {
+    let c = Start::testapp(&[
+        "--workers",
+        "3",
+        "--balance",
+        "round-robin",
+        "--sticky-cookie",
+        "sio_w",
+    ])
+    .spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Workers set the cookie on Engine.IO handshakes.
+        let mut conn = sio_client::raw::HttpConn::connect(c.addr).await.unwrap();
+        let hs = conn
+            .get(&sio_client::raw::handshake_url("/socket.io/"))
+            .await
+            .unwrap();
+        let cookie = hs
+            .header("set-cookie")
+            .expect("Set-Cookie on the handshake")
+            .to_string();
+        assert!(
+            cookie.starts_with("sio_w=w") && cookie.contains("Path=/"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let slot = pair.trim_start_matches("sio_w=w").to_string();
+
+        // New sessions carrying it land on that worker, whatever round-robin would pick.
+        for _ in 0..6 {
+            let cfg = ClientConfig::new(c.addr, Transport::WebSocket).header("Cookie", &pair);
+            let cl = Client::connect(cfg).await.unwrap();
+            let who = cl
+                .emit_with_ack("/", "whoami", vec![], Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(who[0]["worker"], slot.as_str());
+        }
+        // A cookie naming no live worker is ignored: balanced as usual.
+        let mut seen = HashSet::new();
+        for _ in 0..6 {
+            let cfg = ClientConfig::new(c.addr, Transport::WebSocket).header("Cookie", "sio_w=w42");
+            let cl = Client::connect(cfg).await.unwrap();
+            let who = cl
+                .emit_with_ack("/", "whoami", vec![], Duration::from_secs(5))
+                .await
+                .unwrap();
+            seen.insert(who[0]["worker"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    });
+}
+
+#[test]
+fn ip_hash_keeps_one_address_on_one_worker() {
+    let c = Start::testapp(&["--workers", "3", "--balance", "ip-hash"]).spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut seen = HashSet::new();
+        for i in 0..12 {
+            let transport = if i % 2 == 0 {
+                Transport::WebSocket
+            } else {
+                Transport::Polling
+            };
+            let cl = Client::connect(ClientConfig::new(c.addr, transport))
+                .await
+                .unwrap();
+            let who = cl
+                .emit_with_ack("/", "whoami", vec![], Duration::from_secs(5))
+                .await
+                .unwrap();
+            seen.insert(who[0]["worker"].as_str().unwrap().to_string());
+        }
+        assert_eq!(
+            seen.len(),
+            1,
+            "every connection from 127.0.0.1 goes to one worker: {seen:?}"
+        );
+    });
+}
