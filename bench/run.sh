@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark, in one run on this machine: sio-cluster (2 workers), one socketioxide
+# process serving the same app, and the Node cluster (@socket.io/sticky + cluster-adapter).
+# For each variant: start the server on a free 127.0.0.1 port, run the scenarios with
+# target/release/sio-loadgen, stop it. Raw JSON goes to bench/results/<timestamp>/<variant>/,
+# the Markdown table (for BENCHMARKS.md) to bench/results/<timestamp>/table.md and stdout.
+#
+# Usage: bench/run.sh [--quick] [--variants cluster,single,node] [--no-build] [--out DIR]
+# See bench/README.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=bench/lib/server.sh
+source "$ROOT/bench/lib/server.sh"
+
+# ---- variants: name -> server command (PORT is replaced by the chosen port) ------------------
+# Add a variant here (and name it in --variants); the report shows every variant as a column.
+declare -A SERVER_CMD=(
+  [cluster]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2"
+  [single]="target/release/examples/testapp --listen 127.0.0.1:PORT --standalone"
+  [node]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2"
+  [cluster-redis]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url redis://127.0.0.1:6379"
+  [node-redis]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url redis://127.0.0.1:6379"
+)
+DEFAULT_VARIANTS="cluster,single,node"
+
+usage() {
+  cat <<EOF
+usage: bench/run.sh [--quick] [--variants LIST] [--no-build] [--npm-ci] [--out DIR]
+  --quick          small counts and short steps (a smoke run of a minute or two)
+  --variants LIST  comma-separated, from: ${!SERVER_CMD[*]} (default: $DEFAULT_VARIANTS)
+  --no-build       do not run cargo build / npm ci
+  --npm-ci         always run 'npm ci' in bench/node (default: only when node_modules is stale)
+  --out DIR        result directory (default: bench/results/<timestamp>)
+EOF
+}
+
+QUICK=0
+BUILD=1
+FORCE_NPM=0
+VARIANTS=$DEFAULT_VARIANTS
+OUT=""
+INVOCATION="bench/run.sh $*"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --variants) VARIANTS=${2:?--variants needs a list}; shift ;;
+    --variants=*) VARIANTS=${1#*=} ;;
+    --no-build) BUILD=0 ;;
+    --npm-ci) FORCE_NPM=1 ;;
+    --out) OUT=${2:?--out needs a directory}; shift ;;
+    --out=*) OUT=${1#*=} ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+IFS=',' read -r -a VLIST <<<"$VARIANTS"
+for v in "${VLIST[@]}"; do
+  [[ -n ${SERVER_CMD[$v]:-} ]] || { echo "unknown variant: $v (known: ${!SERVER_CMD[*]})" >&2; exit 2; }
+done
+
+# ---- sizes ----------------------------------------------------------------------------------
+if [[ $QUICK == 1 ]]; then
+  CONN_WS=1000;  CONN_WS_CONC=100; CONN_ROUNDS=1
+  CONN_PU=300;   CONN_PU_CONC=50
+  FAN_RECV=1000; FAN_SEND=4; FAN_RATES=100,1000; FAN_STEP=2
+  ROOM_CLIENTS=1000; ROOM_GROUP=10; ROOM_RATES=1000,8000; ROOM_STEP=2
+  HOLD=1000; HOLD_SETTLE=2
+  DRAIN=2
+else
+  CONN_WS=10000; CONN_WS_CONC=100; CONN_ROUNDS=3
+  CONN_PU=2000;  CONN_PU_CONC=50
+  FAN_RECV=1000; FAN_SEND=4; FAN_RATES=100,200,500,1000,2000,3000,4000; FAN_STEP=5
+  ROOM_CLIENTS=1000; ROOM_GROUP=10; ROOM_RATES=500,1000,2000,4000,8000,16000,24000,32000,48000; ROOM_STEP=5
+  HOLD=5000; HOLD_SETTLE=5
+  DRAIN=3
+fi
+PAUSE=2 # seconds between scenarios, for the server to drop the previous connections
+
+# ---- build ----------------------------------------------------------------------------------
+if [[ $BUILD == 1 ]]; then
+  echo "== building (release)" >&2
+  cargo build --release --examples -p sio-cluster >&2
+  cargo build --release -p sio-loadgen >&2
+  if [[ ",$VARIANTS," == *",node"* ]]; then
+    if [[ $FORCE_NPM == 1 || ! -f bench/node/node_modules/.package-lock.json \
+          || bench/node/package-lock.json -nt bench/node/node_modules/.package-lock.json ]]; then
+      (cd bench/node && npm ci --no-audit --no-fund) >&2
+    fi
+  fi
+fi
+LG=target/release/sio-loadgen
+[[ -x $LG ]] || { echo "$LG is missing (run without --no-build)" >&2; exit 1; }
+
+OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+{
+  echo "$INVOCATION"
+} >"$OUT/invocation.txt"
+{
+  echo "started: $(date -u +%FT%TZ)"
+  echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "nproc: $(nproc)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "kernel: $(uname -r)"
+  echo "node: $(node --version 2>/dev/null || echo none)"
+  echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
+} >"$OUT/machine.txt"
+echo "== results in $OUT" >&2
+busy=$(machine_busy_pct)
+echo "busy before start: $busy % of all cores" >>"$OUT/machine.txt"
+if ((busy > 10)); then
+  echo "!! the machine is already $busy % busy: other programs will disturb the results" >&2
+fi
+
+LG_PID=""
+# shellcheck disable=SC2317
+stop_all() {
+  if [[ -n $LG_PID ]]; then
+    kill -TERM "$LG_PID" 2>/dev/null || true
+    wait "$LG_PID" 2>/dev/null || true
+  fi
+  bench_cleanup
+}
+trap 'stop_all' EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+
+# Runs one loadgen scenario: its JSON line to DIR/NAME.json, its summary to DIR/NAME.log (and
+# stderr). A failing scenario is reported and skipped, the run goes on.
+scenario() {
+  local dir=$1 name=$2
+  shift 2
+  echo "-- $(basename "$dir") / $name: $LG $*" >&2
+  echo "$LG $*" >>"$OUT/commands.txt"
+  # In the background + wait, so that a signal to this script is handled at once (bash runs
+  # traps only after a foreground command ends); the EXIT trap stops it.
+  "$LG" "$@" >"$dir/$name.json" 2> >(tee "$dir/$name.log" >&2) &
+  LG_PID=$!
+  if ! wait "$LG_PID"; then
+    echo "!! $(basename "$dir") / $name failed (see $dir/$name.log)" >&2
+    rm -f "$dir/$name.json"
+  fi
+  LG_PID=""
+  sleep "$PAUSE"
+}
+
+for v in "${VLIST[@]}"; do
+  dir="$OUT/$v"
+  mkdir -p "$dir"
+  echo "== variant $v" >&2
+  if ! start_server "$dir" "${SERVER_CMD[$v]}"; then
+    echo "!! could not start $v (see $dir/server.err); skipping it" >&2
+    continue
+  fi
+  url="http://127.0.0.1:$SERVER_PORT"
+  pid=$SERVER_PID
+  scenario "$dir" connect-websocket connect --url "$url" --pid-tree "$pid" \
+    --clients "$CONN_WS" --concurrency "$CONN_WS_CONC" --transport websocket --repeat "$CONN_ROUNDS"
+  scenario "$dir" connect-polling-upgrade connect --url "$url" --pid-tree "$pid" \
+    --clients "$CONN_PU" --concurrency "$CONN_PU_CONC" --transport polling-upgrade --repeat "$CONN_ROUNDS"
+  scenario "$dir" fanout fanout --url "$url" --pid-tree "$pid" \
+    --receivers "$FAN_RECV" --senders "$FAN_SEND" --rates "$FAN_RATES" --step-secs "$FAN_STEP" \
+    --drain-secs "$DRAIN"
+  scenario "$dir" rooms rooms --url "$url" --pid-tree "$pid" \
+    --clients "$ROOM_CLIENTS" --group "$ROOM_GROUP" --rates "$ROOM_RATES" --step-secs "$ROOM_STEP" \
+    --drain-secs "$DRAIN"
+  stop_server
+  # Idle memory is measured on a fresh server: after the load scenarios the allocator keeps
+  # freed memory, and new connections would reuse it without growing RSS.
+  if start_server "$dir" "${SERVER_CMD[$v]}" hold; then
+    sleep 1
+    scenario "$dir" hold hold --url "http://127.0.0.1:$SERVER_PORT" --pid-tree "$SERVER_PID" \
+      --clients "$HOLD" --settle-secs "$HOLD_SETTLE"
+    stop_server
+  fi
+done
+
+"$LG" report --dir "$OUT" --variants "$VARIANTS" >"$OUT/table.md"
+echo "== table ($OUT/table.md)" >&2
+cat "$OUT/table.md"
