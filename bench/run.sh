@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark, in one run on this machine: sio-cluster (2 workers), one socketioxide
-# process serving the same app, and the Node cluster (@socket.io/sticky + cluster-adapter).
-# For each variant: start the server on a free 127.0.0.1 port, run the scenarios with
-# target/release/sio-loadgen, stop it. Raw JSON goes to bench/results/<timestamp>/<variant>/,
-# the Markdown table (for BENCHMARKS.md) to bench/results/<timestamp>/table.md and stdout.
+# Side-by-side benchmark, in one run on this machine: sio-cluster (2 workers) over its IPC bus
+# and over Redis, one socketioxide process serving the same app, and the Node cluster
+# (@socket.io/sticky + cluster-adapter, and + redis-adapter).
+# For each variant: start a fresh redis-server if the variant uses one, start the server on a
+# free 127.0.0.1 port, run the scenarios with target/release/sio-loadgen, stop both. Raw JSON
+# goes to bench/results/<timestamp>/<variant>/, the Markdown table (for BENCHMARKS.md) to
+# bench/results/<timestamp>/table.md and stdout.
 #
-# Usage: bench/run.sh [--quick] [--variants cluster,single,node] [--no-build] [--out DIR]
+# Usage: bench/run.sh [--quick] [--variants cluster,cluster-redis,single,node,node-redis]
+#                     [--no-build] [--out DIR]
 # See bench/README.md.
 set -euo pipefail
 
@@ -13,23 +16,36 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=bench/lib/server.sh
 source "$ROOT/bench/lib/server.sh"
+# shellcheck source=bench/lib/redis.sh
+source "$ROOT/bench/lib/redis.sh"
 
-# ---- variants: name -> server command (PORT is replaced by the chosen port) ------------------
+# ---- variants: name -> server command --------------------------------------------------------
+# PORT is replaced by the chosen port; REDIS_URL by the URL of the redis-server this script
+# starts for that variant (a variant whose command names REDIS_URL is a "redis variant").
 # Add a variant here (and name it in --variants); the report shows every variant as a column.
 declare -A SERVER_CMD=(
   [cluster]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2"
   [single]="target/release/examples/testapp --listen 127.0.0.1:PORT --standalone"
   [node]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2"
-  [cluster-redis]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url redis://127.0.0.1:6379"
-  [node-redis]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url redis://127.0.0.1:6379"
+  [cluster-redis]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url REDIS_URL"
+  [node-redis]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url REDIS_URL"
 )
-DEFAULT_VARIANTS="cluster,single,node"
+uses_redis() { [[ ${SERVER_CMD[$1]} == *REDIS_URL* ]]; }
+REDIS_MISSING_MSG="redis-server not found (looked at \$REDIS_SERVER, PATH, /usr/bin/redis-server): \
+the redis variants are skipped. Install Redis 7+ with 'apt-get install redis-server' \
+(or set REDIS_SERVER=/path/to/redis-server)."
+if redis_find; then
+  DEFAULT_VARIANTS="cluster,cluster-redis,single,node,node-redis"
+else
+  DEFAULT_VARIANTS="cluster,single,node"
+fi
 
 usage() {
   cat <<EOF
 usage: bench/run.sh [--quick] [--variants LIST] [--no-build] [--npm-ci] [--out DIR]
-  --quick          small counts and short steps (a smoke run of a minute or two)
-  --variants LIST  comma-separated, from: ${!SERVER_CMD[*]} (default: $DEFAULT_VARIANTS)
+  --quick          small counts and short steps (a smoke run, ~40 s per variant)
+  --variants LIST  comma-separated, from: ${!SERVER_CMD[*]} (default: $DEFAULT_VARIANTS;
+                   the redis variants run only when redis-server is installed)
   --no-build       do not run cargo build / npm ci
   --npm-ci         always run 'npm ci' in bench/node (default: only when node_modules is stale)
   --out DIR        result directory (default: bench/results/<timestamp>)
@@ -60,6 +76,21 @@ IFS=',' read -r -a VLIST <<<"$VARIANTS"
 for v in "${VLIST[@]}"; do
   [[ -n ${SERVER_CMD[$v]:-} ]] || { echo "unknown variant: $v (known: ${!SERVER_CMD[*]})" >&2; exit 2; }
 done
+# Without redis-server: say so and drop only the redis variants.
+if [[ -z $REDIS_BIN ]]; then
+  kept=()
+  skipped=()
+  for v in "${VLIST[@]}"; do
+    if uses_redis "$v"; then skipped+=("$v"); else kept+=("$v"); fi
+  done
+  if ((${#skipped[@]})) || [[ $VARIANTS == "$DEFAULT_VARIANTS" ]]; then
+    echo "!! $REDIS_MISSING_MSG" >&2
+    if ((${#skipped[@]})); then echo "!! skipped: ${skipped[*]}" >&2; fi
+  fi
+  ((${#kept[@]})) || { echo "no variant left to run" >&2; exit 1; }
+  VLIST=("${kept[@]}")
+  VARIANTS=$(IFS=','; echo "${VLIST[*]}")
+fi
 
 # ---- sizes ----------------------------------------------------------------------------------
 if [[ $QUICK == 1 ]]; then
@@ -93,6 +124,12 @@ if [[ $BUILD == 1 ]]; then
 fi
 LG=target/release/sio-loadgen
 [[ -x $LG ]] || { echo "$LG is missing (run without --no-build)" >&2; exit 1; }
+for v in "${VLIST[@]}"; do
+  if uses_redis "$v" && ! "$LG" connect --help 2>/dev/null | grep -q -- --redis-pid; then
+    echo "$LG predates --redis-pid (run without --no-build)" >&2
+    exit 1
+  fi
+done
 
 OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -107,6 +144,7 @@ mkdir -p "$OUT"
   echo "kernel: $(uname -r)"
   echo "node: $(node --version 2>/dev/null || echo none)"
   echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
+  echo "redis: ${REDIS_VERSION:-none}${REDIS_BIN:+ ($REDIS_BIN)}"
 } >"$OUT/machine.txt"
 echo "== results in $OUT" >&2
 busy=$(machine_busy_pct)
@@ -122,16 +160,24 @@ stop_all() {
     kill -TERM "$LG_PID" 2>/dev/null || true
     wait "$LG_PID" 2>/dev/null || true
   fi
-  bench_cleanup
+  bench_cleanup # the server first: it is a Redis client
+  stop_redis
 }
 trap 'stop_all' EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 # Runs one loadgen scenario: its JSON line to DIR/NAME.json, its summary to DIR/NAME.log (and
-# stderr). A failing scenario is reported and skipped, the run goes on.
+# stderr). A failing scenario is reported and skipped, the run goes on. With a redis-server
+# running, the loadgen accounts its CPU apart (--redis-pid: per step / round, in the JSON), and
+# its CPU over the whole scenario (setup included) goes to DIR/redis-cpu.txt.
 scenario() {
   local dir=$1 name=$2
   shift 2
+  local r0=""
+  if [[ -n $REDIS_PID ]]; then
+    set -- "$@" --redis-pid "$REDIS_PID"
+    r0=$(redis_cpu_ticks)
+  fi
   echo "-- $(basename "$dir") / $name: $LG $*" >&2
   echo "$LG $*" >>"$OUT/commands.txt"
   # In the background + wait, so that a signal to this script is handled at once (bash runs
@@ -143,15 +189,32 @@ scenario() {
     rm -f "$dir/$name.json"
   fi
   LG_PID=""
+  if [[ -n $r0 ]]; then
+    local r1
+    r1=$(redis_cpu_ticks)
+    if [[ -n $r1 ]]; then
+      awk -v n="$name" -v d=$((r1 - r0)) -v hz="$CLK_TCK" \
+        'BEGIN { printf "%s: %.2f s\n", n, d / hz }' >>"$dir/redis-cpu.txt"
+    else
+      echo "!! redis-server (pid $REDIS_PID) is gone (see $dir/redis.log)" >&2
+    fi
+  fi
   sleep "$PAUSE"
 }
 
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 for v in "${VLIST[@]}"; do
   dir="$OUT/$v"
   mkdir -p "$dir"
   echo "== variant $v" >&2
+  # A fresh Redis per redis variant: see bench/README.md ("Redis").
+  if uses_redis "$v" && ! start_redis "$dir"; then
+    echo "!! could not start redis-server for $v (see $dir/redis.log); skipping it" >&2
+    continue
+  fi
   if ! start_server "$dir" "${SERVER_CMD[$v]}"; then
     echo "!! could not start $v (see $dir/server.err); skipping it" >&2
+    stop_redis
     continue
   fi
   url="http://127.0.0.1:$SERVER_PORT"
@@ -174,6 +237,10 @@ for v in "${VLIST[@]}"; do
     scenario "$dir" hold hold --url "http://127.0.0.1:$SERVER_PORT" --pid-tree "$SERVER_PID" \
       --clients "$HOLD" --settle-secs "$HOLD_SETTLE"
     stop_server
+  fi
+  if [[ -n $REDIS_PID ]]; then
+    redis_alive || echo "!! redis-server exited during $v (see $dir/redis.log)" >&2
+    stop_redis
   fi
 done
 

@@ -1,8 +1,9 @@
 # Server lifecycle for bench/run.sh (sourced). Only processes started here are ever signalled,
 # by PID: the server itself and the descendants it spawned (its workers).
 #
-# start_server DIR CMD [TAG]  starts CMD (PORT replaced by a free 127.0.0.1 port), waits for
-#                             "listening on" on its stdout; sets SERVER_PID and SERVER_PORT.
+# start_server DIR CMD [TAG]  starts CMD (PORT replaced by a free 127.0.0.1 port, REDIS_URL by
+#                             $REDIS_URL of bench/lib/redis.sh), waits for "listening on" on its
+#                             stdout; sets SERVER_PID and SERVER_PORT.
 # stop_server                 SIGTERM, wait (10 s), then SIGKILL whatever is left of the tree.
 # bench_cleanup               stop_server for the EXIT trap.
 
@@ -51,6 +52,10 @@ start_server() {
   for attempt in 1 2 3 4 5; do
     port=$(free_port) || { echo "no free port" >&2; return 1; }
     cmd=${template//PORT/$port}
+    if [[ $cmd == *REDIS_URL* ]]; then
+      [[ -n ${REDIS_URL:-} ]] || { echo "REDIS_URL in the command but no redis-server started" >&2; return 1; }
+      cmd=${cmd//REDIS_URL/$REDIS_URL}
+    fi
     # Word splitting of cmd is intended (a plain command line, no shell syntax).
     # shellcheck disable=SC2086
     $cmd >"$dir/server$suffix.out" 2>"$dir/server$suffix.err" &

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::procs::Target;
+use crate::procs::{Servers, Target};
 use crate::ws::ConnError;
 
 /// Options every load scenario has.
@@ -29,6 +29,10 @@ pub struct Common {
     /// A server pid to account together with all its descendants (the primary and its workers).
     #[arg(long)]
     pub pid_tree: Option<u32>,
+    /// The Redis server's pid: its CPU is reported apart (`redis_s`), not as server CPU nor as
+    /// other programs' (`other_s`).
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
     /// Also write the JSON result (pretty) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -44,12 +48,16 @@ impl Common {
     }
 
     pub fn target(&self) -> Target {
-        if let Some(root) = self.pid_tree {
-            Target::Tree(root)
+        let servers = if let Some(root) = self.pid_tree {
+            Servers::Tree(root)
         } else if !self.pids.is_empty() {
-            Target::Pids(self.pids.clone())
+            Servers::Pids(self.pids.clone())
         } else {
-            Target::None
+            Servers::None
+        };
+        Target {
+            servers,
+            redis: self.redis_pid,
         }
     }
 

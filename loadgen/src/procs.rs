@@ -1,6 +1,7 @@
 //! Server process accounting from /proc: CPU time (utime + stime) and resident memory of a
 //! set of processes, either fixed pids or a root pid and all its descendants (a cluster's
-//! primary and its workers, a Node cluster's primary and its forks).
+//! primary and its workers, a Node cluster's primary and its forks), plus optionally one
+//! auxiliary process accounted on its own (the Redis server of the redis variants).
 
 use std::collections::BTreeMap;
 
@@ -8,13 +9,21 @@ use serde::Serialize;
 
 /// Which server processes to account.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub enum Servers {
     /// Nothing to measure.
     None,
     /// These pids; the first one is reported as "primary", the others as "workers".
     Pids(Vec<u32>),
     /// This pid ("primary") and all its descendants ("workers").
     Tree(u32),
+}
+
+/// What to account: the server processes, and optionally the Redis server they use (its CPU
+/// is reported on its own, `redis_s`, and counted neither as server CPU nor as `other_s`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub servers: Servers,
+    pub redis: Option<u32>,
 }
 
 /// One process at one instant.
@@ -36,6 +45,8 @@ pub struct Snapshot {
     pub self_ticks: u64,
     /// Busy ticks of the whole machine, all CPUs (/proc/stat).
     pub machine_ticks: u64,
+    /// The Redis server's utime + stime ticks (None: not asked for, or gone).
+    pub redis_ticks: Option<u64>,
 }
 
 /// Busy ticks of the whole machine (all CPUs): the first line of /proc/stat minus idle and
@@ -131,19 +142,29 @@ pub fn descendants(root: u32) -> Vec<u32> {
 }
 
 impl Target {
-    /// The pids now, with `true` for the primary.
+    /// The server processes only, no Redis.
+    #[cfg(test)]
+    pub fn servers(servers: Servers) -> Self {
+        Target {
+            servers,
+            redis: None,
+        }
+    }
+
+    /// The server pids now, with `true` for the primary.
     pub fn pids(&self) -> Vec<(u32, bool)> {
-        match self {
-            Target::None => Vec::new(),
-            Target::Pids(p) => p.iter().enumerate().map(|(i, &p)| (p, i == 0)).collect(),
-            Target::Tree(root) => std::iter::once((*root, true))
+        match &self.servers {
+            Servers::None => Vec::new(),
+            Servers::Pids(p) => p.iter().enumerate().map(|(i, &p)| (p, i == 0)).collect(),
+            Servers::Tree(root) => std::iter::once((*root, true))
                 .chain(descendants(*root).into_iter().map(|p| (p, false)))
                 .collect(),
         }
     }
 
+    /// No server process to account (a Redis pid alone does not count).
     pub fn is_none(&self) -> bool {
-        matches!(self, Target::None)
+        matches!(self.servers, Servers::None)
     }
 
     /// Samples every process of the target.
@@ -166,10 +187,11 @@ impl Target {
             procs,
             self_ticks,
             machine_ticks: machine_busy_ticks(),
+            redis_ticks: self.redis.and_then(|p| read_stat(p).map(|s| s.1)),
         }
     }
 
-    /// Summed PSS of every process (slower: reads smaps_rollup).
+    /// Summed PSS of every server process (slower: reads smaps_rollup).
     pub fn pss(&self) -> u64 {
         self.pids()
             .into_iter()
@@ -195,6 +217,10 @@ pub struct CpuUse {
     /// softirq work not charged to a process): a non-trivial value means the run was disturbed.
     pub other_s: f64,
     pub server_procs: usize,
+    /// The Redis server (`--redis-pid`), not included in the server figures nor in `other_s`;
+    /// absent when not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_s: Option<f64>,
 }
 
 impl Snapshot {
@@ -220,6 +246,10 @@ impl Snapshot {
         }
         let r = |t: u64| crate::stats::round3(t as f64 / tps);
         let total = primary + workers;
+        let redis = match (self.redis_ticks, before.redis_ticks) {
+            (Some(a), Some(b)) => Some(a.saturating_sub(b)),
+            _ => None,
+        };
         CpuUse {
             wall_s: crate::stats::round3(wall_s),
             primary_s: r(primary),
@@ -234,8 +264,11 @@ impl Snapshot {
             other_s: r(self
                 .machine_ticks
                 .saturating_sub(before.machine_ticks)
-                .saturating_sub(total + self.self_ticks.saturating_sub(before.self_ticks))),
+                .saturating_sub(
+                    total + self.self_ticks.saturating_sub(before.self_ticks) + redis.unwrap_or(0),
+                )),
             server_procs: self.procs.len(),
+            redis_s: redis.map(r),
         }
     }
 
@@ -284,15 +317,41 @@ mod tests {
     #[test]
     fn self_snapshot() {
         let me = std::process::id();
-        let snap = Target::Pids(vec![me]).snapshot();
+        let snap = Target::servers(Servers::Pids(vec![me])).snapshot();
         assert_eq!(snap.procs.len(), 1);
         assert!(snap.procs[0].primary);
         assert!(snap.rss() > 0);
-        assert!(Target::Pids(vec![me]).pss() > 0);
-        let later = Target::Pids(vec![me]).snapshot();
+        assert!(snap.redis_ticks.is_none());
+        assert!(Target::servers(Servers::Pids(vec![me])).pss() > 0);
+        let later = Target::servers(Servers::Pids(vec![me])).snapshot();
         let cpu = later.cpu_since(&snap, 1.0);
         assert!(cpu.primary_s >= 0.0 && cpu.workers_s == 0.0);
         assert_eq!(cpu.server_procs, 1);
+        assert_eq!(cpu.redis_s, None);
+        assert!(!serde_json::to_string(&cpu).unwrap().contains("redis"));
+    }
+
+    #[test]
+    fn redis_accounted_apart() {
+        let me = std::process::id();
+        let t = Target {
+            servers: Servers::None,
+            redis: Some(me),
+        };
+        assert!(t.is_none());
+        let before = t.snapshot();
+        assert!(before.redis_ticks.is_some());
+        // Burn some CPU in this process (the "Redis" here).
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(150) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let cpu = t.snapshot().cpu_since(&before, 0.15);
+        assert!(cpu.redis_s.is_some());
+        assert_eq!(cpu.server_total_s, 0.0);
+        assert!(serde_json::to_string(&cpu).unwrap().contains("\"redis_s\""));
     }
 
     #[test]
@@ -302,7 +361,7 @@ mod tests {
             .spawn()
             .unwrap();
         let me = std::process::id();
-        let pids = Target::Tree(me).pids();
+        let pids = Target::servers(Servers::Tree(me)).pids();
         assert_eq!(pids[0], (me, true));
         assert!(pids.contains(&(child.id(), false)), "{pids:?}");
         child.kill().unwrap();

@@ -1,8 +1,11 @@
 //! `report`: the side-by-side Markdown table of one `bench/run.sh` result directory.
 //!
 //! Layout read: `DIR/invocation.txt` (optional), `DIR/<variant>/server.cmd` (the server command
-//! line) and `DIR/<variant>/<scenario>.json` for the scenarios `connect-websocket`,
+//! line), `DIR/<variant>/redis.cmd` (the Redis server of a redis variant, optional) and
+//! `DIR/<variant>/<scenario>.json` for the scenarios `connect-websocket`,
 //! `connect-polling-upgrade`, `fanout`, `rooms` and `hold` (missing ones show as `—`).
+//! Redis CPU rows (`cpu.redis_s` of the steps and rounds, from `--redis-pid`) are shown when any
+//! variant has them.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -17,14 +20,14 @@ pub struct ReportArgs {
     #[arg(long)]
     pub dir: PathBuf,
     /// Variants (sub-directories) in column order; default: every sub-directory, `cluster`,
-    /// `single`, `node` first.
+    /// `cluster-redis`, `single`, `node`, `node-redis` first.
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
     /// Ratio columns, `A/B` each (only those whose variants are present are shown).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "cluster/single,cluster/node"
+        default_value = "cluster/single,cluster/node,cluster-redis/cluster,cluster-redis/node-redis"
     )]
     pub ratios: Vec<String>,
 }
@@ -73,6 +76,7 @@ struct Variant {
     server_template: Option<String>,
     server_cmd: Option<String>,
     hold_server_cmd: Option<String>,
+    redis_cmd: Option<String>,
     connect_ws: Option<Value>,
     connect_pu: Option<Value>,
     fanout: Option<Value>,
@@ -102,6 +106,7 @@ fn load_variant(dir: &Path, name: &str) -> Variant {
         server_template: text("server.template").or_else(|| text("server.cmd")),
         server_cmd: text("server.cmd"),
         hold_server_cmd: text("server-hold.cmd"),
+        redis_cmd: text("redis.cmd"),
         connect_ws: load(&d.join("connect-websocket.json")),
         connect_pu: load(&d.join("connect-polling-upgrade.json")),
         fanout: load(&d.join("fanout.json")),
@@ -222,6 +227,58 @@ fn cpu_sum(v: Option<&Value>) -> Cell {
     }
 }
 
+/// Redis CPU seconds summed over the steps (fanout, rooms) or the rounds (connect); missing when
+/// the scenario was run without `--redis-pid`.
+fn redis_sum(v: Option<&Value>) -> Cell {
+    let Some(v) = v else { return Cell::Missing };
+    let items = v
+        .get("steps")
+        .or_else(|| v.get("round_cpu"))
+        .and_then(Value::as_array);
+    let vals: Vec<f64> = items
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            s.pointer("/cpu/redis_s")
+                .or_else(|| s.get("redis_s"))
+                .and_then(Value::as_f64)
+        })
+        .collect();
+    if vals.is_empty() {
+        Cell::Missing
+    } else {
+        Cell::Num(vals.iter().sum(), 2)
+    }
+}
+
+/// A sum over steps that ran further for some variants than for others: no ratio column.
+fn no_ratio(c: Cell) -> Cell {
+    match c {
+        Cell::Num(x, d) => Cell::Text(fmt_num(x, d)),
+        c => c,
+    }
+}
+
+/// Redis CPU per message sent over all steps, µs (comparable whatever the steps run).
+fn redis_per_msg_us(v: Option<&Value>) -> Cell {
+    let Some(steps) = v.and_then(|v| v.get("steps")).and_then(Value::as_array) else {
+        return Cell::Missing;
+    };
+    let (mut cpu, mut sent, mut any) = (0.0, 0.0, false);
+    for s in steps {
+        if let Some(r) = s.pointer("/cpu/redis_s").and_then(Value::as_f64) {
+            any = true;
+            cpu += r;
+            sent += s.get("sent").and_then(Value::as_f64).unwrap_or(0.0);
+        }
+    }
+    if any && sent > 0.0 {
+        Cell::Num(cpu / sent * 1e6, 1)
+    } else {
+        Cell::Missing
+    }
+}
+
 fn other_sum(v: Option<&Value>) -> Cell {
     match steps_sum(v, "/cpu/other_s") {
         Some(x) => Cell::Text(format!("{x:.1}")),
@@ -292,9 +349,11 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
             .collect();
         let rank = |n: &str| match n {
             "cluster" => 0,
-            "single" => 1,
-            "node" => 2,
-            _ => 3,
+            "cluster-redis" => 1,
+            "single" => 2,
+            "node" => 3,
+            "node-redis" => 4,
+            _ => 5,
         };
         found.sort_by(|x, y| rank(x).cmp(&rank(y)).then(x.cmp(y)));
         found
@@ -349,6 +408,15 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
     row("connect websocket: server CPU (s)", &|v| {
         num(cw(v), "/cpu/server_total_s", 2)
     });
+    // Redis rows only when a variant ran with --redis-pid.
+    let has_redis = vs.iter().any(|v| {
+        [&v.connect_ws, &v.connect_pu, &v.fanout, &v.rooms]
+            .iter()
+            .any(|j| matches!(redis_sum(j.as_ref()), Cell::Num(..)))
+    });
+    if has_redis {
+        row("connect websocket: Redis CPU (s)", &|v| redis_sum(cw(v)));
+    }
     row("connect polling+upgrade: connects/s (median round)", &|v| {
         num(cp(v), "/connects_per_s", 0)
     });
@@ -365,6 +433,11 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
     row("connect polling+upgrade: p99 until upgraded (ms)", &|v| {
         num(cp(v), "/upgrade_latency/p99_ms", 2)
     });
+    if has_redis {
+        row("connect polling+upgrade: Redis CPU (s)", &|v| {
+            redis_sum(cp(v))
+        });
+    }
     fn fo(v: &Variant) -> Option<&Value> {
         v.fanout.as_ref()
     }
@@ -412,10 +485,26 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
             },
         );
     }
+    if has_redis {
+        for r in rates(&vs, |v| v.fanout.as_ref()) {
+            row(&format!("{fl}: {r} msg/s, Redis CPU (s)"), &|v| {
+                num(step_at(fo(v), r), "/cpu/redis_s", 2)
+            });
+        }
+    }
     row(
         &format!("{fl}: CPU over all steps, server primary / workers / load generator (s)"),
         &|v| cpu_sum(fo(v)),
     );
+    if has_redis {
+        row(&format!("{fl}: Redis CPU over all steps (s)"), &|v| {
+            no_ratio(redis_sum(fo(v)))
+        });
+        row(
+            &format!("{fl}: Redis CPU per message sent, all steps (µs)"),
+            &|v| redis_per_msg_us(fo(v)),
+        );
+    }
     row(
         "fanout: other CPU on the machine meanwhile (s, disturbance)",
         &|v| other_sum(fo(v)),
@@ -443,6 +532,15 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
         &format!("{rl}: CPU over all steps, server primary / workers / load generator (s)"),
         &|v| cpu_sum(ro(v)),
     );
+    if has_redis {
+        row(&format!("{rl}: Redis CPU over all steps (s)"), &|v| {
+            no_ratio(redis_sum(ro(v)))
+        });
+        row(
+            &format!("{rl}: Redis CPU per message sent, all steps (µs)"),
+            &|v| redis_per_msg_us(ro(v)),
+        );
+    }
     row(
         "rooms: other CPU on the machine meanwhile (s, disturbance)",
         &|v| other_sum(ro(v)),
@@ -487,9 +585,16 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
         let keep: Vec<&str> = m
             .lines()
             .filter(|l| {
-                ["started:", "git:", "node:", "rustc:", "busy before start:"]
-                    .iter()
-                    .any(|p| l.starts_with(p))
+                [
+                    "started:",
+                    "git:",
+                    "node:",
+                    "rustc:",
+                    "redis:",
+                    "busy before start:",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
             })
             .collect();
         if !keep.is_empty() {
@@ -504,6 +609,13 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
         if let Some(c) = &v.server_template {
             writeln!(out, "- **{}**: `{}`", v.name, c)?;
         }
+    }
+    if let Some(r) = vs.iter().find_map(|v| v.redis_cmd.as_ref()) {
+        writeln!(
+            out,
+            "- `REDIS_URL`: a fresh local Redis per variant, `{r}` (one host, pub/sub only; \
+             its CPU is shown in the Redis rows, not in the server's nor in “other”)"
+        )?;
     }
     writeln!(out)?;
     // The table.
@@ -536,8 +648,9 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
         "\n“highest rate held”: the highest step with no loss, p99 < 100 ms and the full rate sent. \
          “p99 / loss”: ✗ marks a failed step; a missing step was not run (the ramp stops after a step \
          losing > 5 % or with p99 > 1 s). Latency = receive time − send time on one clock. CPU from \
-         /proc (utime+stime) during the step. RSS/PSS per connection: increase over the idle server, \
-         summed over all its processes, divided by the connections held."
+         /proc (utime+stime) during the step (“server” = the started process and its descendants; \
+         Redis apart). RSS/PSS per connection: increase over the idle server, summed over all its \
+         processes (Redis not included), divided by the connections held."
     )?;
 
     // Disturbance: CPU used by other programs during the load steps.
@@ -640,14 +753,16 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
                 .map(str::to_owned)
         };
         let lines = [
+            v.redis_cmd.clone().map(|c| format!("{c} &")),
             v.server_cmd.clone().map(|c| format!("{c} &")),
             argv(&v.connect_ws),
             argv(&v.connect_pu),
             argv(&v.fanout),
             argv(&v.rooms),
-            v.hold_server_cmd
-                .clone()
-                .map(|c| format!("kill %1; {c} &   # a fresh server for hold")),
+            v.hold_server_cmd.clone().map(|c| {
+                let job = if v.redis_cmd.is_some() { 2 } else { 1 };
+                format!("kill %{job}; {c} &   # a fresh server for hold")
+            }),
             argv(&v.hold),
         ];
         for l in lines.into_iter().flatten() {
@@ -723,6 +838,84 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("serve node"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_variants_and_ratios() {
+        let dir = std::env::temp_dir().join(format!("sio-loadgen-report-r-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, cps, redis) in [
+            ("node-redis", 2000.0, Some(4.0)),
+            ("cluster", 10000.0, None),
+            ("cluster-redis", 8000.0, Some(1.0)),
+        ] {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("server.cmd"), format!("serve {name}\n")).unwrap();
+            if redis.is_some() {
+                std::fs::write(d.join("redis.cmd"), "redis-server --port 7777\n").unwrap();
+            }
+            let cpu = match redis {
+                Some(r) => serde_json::json!({"redis_s": r}),
+                None => serde_json::json!({}),
+            };
+            std::fs::write(
+                d.join("connect-websocket.json"),
+                serde_json::json!({"argv": "lg connect", "clients": 10, "failed": 0,
+                    "connects_per_s": cps, "round_cpu": [cpu.clone(), cpu.clone()]})
+                .to_string(),
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("fanout.json"),
+                serde_json::json!({"receivers": 1000, "best": null,
+                    "steps": [{"rate": 100, "sent": 200, "loss_pct": 0.0, "pass": true, "cpu": cpu}]})
+                .to_string(),
+            )
+            .unwrap();
+        }
+        let md = render(&ReportArgs {
+            dir: dir.clone(),
+            variants: vec![],
+            ratios: "cluster/single,cluster/node,cluster-redis/cluster,cluster-redis/node-redis"
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+        })
+        .unwrap();
+        assert!(
+            md.contains(
+                "| metric | cluster | cluster-redis | node-redis | cluster-redis / cluster | cluster-redis / node-redis |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect websocket: connects/s (median round) | 10,000 | 8000 | 2000 | 0.80 | 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect websocket: Redis CPU (s) | — | 2.00 | 8.00 |  | 0.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fanout to_all, 1000 receivers: 100 msg/s, Redis CPU (s) | — | 1.00 | 4.00 |  | 0.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Redis CPU over all steps (s) | — | 1.00 | 4.00 |  |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Redis CPU per message sent, all steps (µs) | — | 5000.0 | 20,000.0 |  | 0.25 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("redis-server --port 7777 &\nserve cluster-redis &"),
+            "{md}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,5 @@
-//! A typed, message-preserving channel over a `SOCK_SEQPACKET` Unix socket that can carry one
-//! file descriptor per message.
+//! A typed, message-preserving channel over a `SOCK_SEQPACKET` Unix socket that can carry file
+//! descriptors with each message (up to [`MAX_FDS`]).
 //!
 //! Each datagram is `[fd count: u8][postcard-encoded message]`. The count is the manifest: the
 //! receiver checks that exactly that many descriptors arrived (and that the kernel did not
@@ -28,6 +28,9 @@ use super::IpcError;
 /// Largest encoded message accepted on a channel. Control messages are small; batches of
 /// session ids are split by the sender to stay under this.
 pub const MAX_MESSAGE: usize = 60 * 1024;
+
+/// Most descriptors carried by one message (hand-offs are batched up to this).
+pub const MAX_FDS: usize = 64;
 
 /// Creates a connected pair of non-blocking, close-on-exec `SOCK_SEQPACKET` sockets.
 pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), IpcError> {
@@ -81,10 +84,10 @@ pub struct Receiver<M> {
 /// let (a, b) = seqpacket_pair()?;
 /// let (tx, _rx) = channel::<String, String>(a)?;
 /// let (_tx2, mut rx2) = channel::<String, String>(b)?;
-/// tx.send(&"hello".to_string(), None).await?;
-/// let (msg, fd) = rx2.recv().await?.expect("open");
+/// tx.send(&"hello".to_string(), &[]).await?;
+/// let (msg, fds) = rx2.recv().await?.expect("open");
 /// assert_eq!(msg, "hello");
-/// assert!(fd.is_none());
+/// assert!(fds.is_empty());
 /// # Ok(()) }
 /// ```
 pub fn channel<Out, In>(fd: OwnedFd) -> Result<(Sender<Out>, Receiver<In>), IpcError> {
@@ -103,7 +106,7 @@ pub fn channel<Out, In>(fd: OwnedFd) -> Result<(Sender<Out>, Receiver<In>), IpcE
         Receiver {
             sock,
             buf: vec![0u8; MAX_MESSAGE + 1].into_boxed_slice(),
-            cmsg: nix::cmsg_space!([RawFd; 1]),
+            cmsg: nix::cmsg_space!([RawFd; MAX_FDS]),
             _msg: PhantomData,
         },
     ))
@@ -118,18 +121,24 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<(), IpcError> {
 }
 
 impl<M: Serialize> Sender<M> {
-    /// Sends one message, with at most one descriptor.
+    /// Sends one message with its descriptors (at most [`MAX_FDS`]).
     ///
-    /// The descriptor is duplicated into the peer by the kernel; the caller still owns (and
-    /// must close) its copy, which it does by dropping the `OwnedFd` it lent here.
-    pub async fn send(&self, msg: &M, fd: Option<BorrowedFd<'_>>) -> Result<(), IpcError> {
+    /// The descriptors are duplicated into the peer by the kernel; the caller still owns (and
+    /// must close) its copies, which it does by dropping the `OwnedFd`s it lent here.
+    pub async fn send(&self, msg: &M, fds: &[BorrowedFd<'_>]) -> Result<(), IpcError> {
+        if fds.len() > MAX_FDS {
+            return Err(IpcError::Manifest {
+                expected: MAX_FDS,
+                got: fds.len(),
+            });
+        }
         let mut data = Vec::with_capacity(64);
-        data.push(u8::from(fd.is_some()));
+        data.push(fds.len() as u8);
         let data = postcard::to_extend(msg, data).map_err(IpcError::Encode)?;
         if data.len() > MAX_MESSAGE {
             return Err(IpcError::TooLarge(data.len()));
         }
-        let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         loop {
             let mut guard = self
                 .sock
@@ -163,10 +172,10 @@ impl<M: Serialize> Sender<M> {
 }
 
 impl<M: DeserializeOwned> Receiver<M> {
-    /// Receives the next message and the descriptor that came with it.
+    /// Receives the next message and the descriptors that came with it, in order.
     ///
     /// Returns `Ok(None)` once the peer has closed its end (the process exited).
-    pub async fn recv(&mut self) -> Result<Option<(M, Option<OwnedFd>)>, IpcError> {
+    pub async fn recv(&mut self) -> Result<Option<(M, Vec<OwnedFd>)>, IpcError> {
         loop {
             let mut guard = self
                 .sock
@@ -190,7 +199,7 @@ impl<M: DeserializeOwned> Receiver<M> {
                         });
                     }
                     let msg = postcard::from_bytes(&self.buf[1..len]).map_err(IpcError::Decode)?;
-                    return Ok(Some((msg, fds.into_iter().next())));
+                    return Ok(Some((msg, fds)));
                 }
                 Ok(Ok(Err(e))) => return Err(e),
                 Ok(Err(e)) => return Err(IpcError::Socket("recvmsg", e)),
@@ -262,12 +271,15 @@ mod tests {
 
         let (mut left, right) = std::os::unix::net::UnixStream::pair().unwrap();
         let right: OwnedFd = right.into();
-        tx.send(&vec![1, 2, 3], Some(right.as_fd())).await.unwrap();
+        tx.send(&vec![1, 2, 3], &[right.as_fd()]).await.unwrap();
         drop(right); // the sender closes its copy once passed
 
-        let (msg, fd) = rx.recv().await.unwrap().unwrap();
+        let (msg, fds) = rx.recv().await.unwrap().unwrap();
         assert_eq!(msg, vec![1, 2, 3]);
-        let fd = fd.expect("descriptor travelled with its message");
+        let fd = fds
+            .into_iter()
+            .next()
+            .expect("descriptor travelled with its message");
         // Received descriptors are close-on-exec.
         let flags = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert!(
@@ -278,6 +290,35 @@ mod tests {
         let mut got = [0u8; 4];
         left.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_descriptors_keeps_its_order() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (tx, _rx_a) = channel::<u32, u32>(a).unwrap();
+        let (_tx_b, mut rx) = channel::<u32, u32>(b).unwrap();
+        let pairs: Vec<_> = (0..MAX_FDS)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        let sent: Vec<OwnedFd> = pairs
+            .iter()
+            .map(|(_, r)| r.try_clone().unwrap().into())
+            .collect();
+        let borrowed: Vec<_> = sent.iter().map(|f| f.as_fd()).collect();
+        tx.send(&7, &borrowed).await.unwrap();
+        drop(sent);
+        let (msg, fds) = rx.recv().await.unwrap().unwrap();
+        assert_eq!(msg, 7);
+        assert_eq!(fds.len(), MAX_FDS);
+        for (i, fd) in fds.into_iter().enumerate() {
+            let mut s = std::os::unix::net::UnixStream::from(fd);
+            s.write_all(&[i as u8]).unwrap();
+            let mut got = [0u8; 1];
+            (&pairs[i].0).read_exact(&mut got).unwrap();
+            assert_eq!(got[0], i as u8, "descriptor {i} arrived in place");
+        }
+        let too_many: Vec<_> = (0..=MAX_FDS).map(|_| pairs[0].1.as_fd()).collect();
+        assert!(tx.send(&1, &too_many).await.is_err());
     }
 
     #[tokio::test]
@@ -310,7 +351,7 @@ mod tests {
         let (tx, _rx) = channel::<Vec<u8>, u8>(a).unwrap();
         let big = vec![0u8; MAX_MESSAGE + 10];
         assert!(matches!(
-            tx.send(&big, None).await,
+            tx.send(&big, &[]).await,
             Err(IpcError::TooLarge(_))
         ));
     }

@@ -49,6 +49,9 @@ pub struct ConnManifest {
 pub enum ToWorker {
     /// A connection to serve; its descriptor travels with this message.
     Conn(ConnManifest),
+    /// Several connections handed off at once (the i-th descriptor goes with the i-th
+    /// manifest): one system call per batch instead of one per connection under load.
+    Conns(Vec<ConnManifest>),
     /// The session registered by request `req` is now routed here.
     SidRegistered {
         /// Request number chosen by the worker.

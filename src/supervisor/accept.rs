@@ -1,70 +1,209 @@
 //! Accept → peek → route → hand off.
 //!
-//! The accept loop only accepts: each connection gets its own task that peeks its first request
-//! head, asks the [`Shared::route`] decision, and queues the descriptor for the chosen worker.
-//! How many connections may wait for their head at once is bounded; beyond that a connection is
+//! The accept loop accepts with `accept4` (non-blocking, close-on-exec, peer address in the same
+//! call) and tries the whole decision at once: the client's first bytes are usually there by the
+//! time its connection is accepted, so one `MSG_PEEK`, a parse, a table look-up and a queued
+//! `sendmsg` finish the job without a task or a reactor registration. Any step that would wait
+//! (head not complete yet, worker queue full) moves the connection to its own task, which peeks
+//! until the head is complete ([`peek_head`]), so the loop itself never waits on a client. How
+//! many connections may wait for their head at once is bounded; beyond that a connection is
 //! answered 503 at once, so a flood of idle connections never stalls the loop or exhausts
 //! descriptors.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToWorker};
 
 use super::Shared;
-use super::peek::peek_head;
+use super::peek::{Parsed, parse_head, peek_head};
+use super::slot::{Reserved, WorkerHandle};
 
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Accepts until `stop` turns true.
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut last_overload_log: Option<Instant> = None;
+    // SAFETY: the AsyncFd owns the listener, so its descriptor stays open and refers to the same
+    // socket for the AsyncFd's whole life.
+    let listener = match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                "cannot watch the listening socket: {}",
+                std::io::Error::from(e)
+            );
+            return;
+        }
+    };
+    let mut last_warning: Option<Instant> = None;
     loop {
-        let accepted = tokio::select! {
+        let mut ready = tokio::select! {
             biased;
             _ = until_true(&mut stop) => break,
-            res = listener.accept() => res,
-        };
-        match accepted {
-            Ok((stream, peer)) => match shared.pending.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
-                }
-                Err(_) => {
-                    shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                    if last_overload_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        last_overload_log = Some(Instant::now());
-                        tracing::warn!(
-                            limit = shared.config.max_pending_heads,
-                            "too many connections waiting for a request head; answering 503 (raise --max-pending-heads?)"
-                        );
-                    }
-                    let _ = stream.try_write(SERVICE_UNAVAILABLE);
+            r = listener.readable() => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("listening socket failed: {e}");
+                    break;
                 }
             },
-            Err(e) => {
+        };
+        match ready.try_io(|l| accept_raw(l.get_ref())) {
+            Ok(Ok((fd, peer))) => {
+                if let Some(fd) = fast_path(&shared, fd, peer) {
+                    to_task(&shared, fd, peer, &mut last_warning);
+                }
+            }
+            Ok(Err(e)) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the connection
                 // stays in the backlog and is accepted once descriptors free up.
-                if last_overload_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                    last_overload_log = Some(Instant::now());
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                    last_warning = Some(Instant::now());
                     tracing::warn!("accept failed: {e}");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            Err(_would_block) => {}
         }
     }
     tracing::info!("stopped accepting connections");
+}
+
+/// `accept4(2)`: a non-blocking, close-on-exec socket and the peer's address in one call.
+fn accept_raw(listener: &std::net::TcpListener) -> std::io::Result<(OwnedFd, SocketAddr)> {
+    // SAFETY: `try_init` hands `accept4` a zeroed, properly sized sockaddr_storage and its
+    // length, which is exactly what accept4 fills in.
+    let (fd, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                listener.as_raw_fd(),
+                storage.cast(),
+                len,
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            );
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })?
+    };
+    // SAFETY: accept4 just returned this new descriptor; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("accepted a connection that is not TCP/IP"))?;
+    Ok((fd, peer))
+}
+
+/// Tries to route and hand off a just-accepted connection without waiting; gives the
+/// descriptor back when it has to wait (incomplete head, busy worker) or answer an error.
+fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<OwnedFd> {
+    let mut buf = [0u8; 2048];
+    let n = match peek_raw(&fd, &mut buf) {
+        Ok(0) => return None, // closed before sending anything
+        Ok(n) => n,
+        Err(_) => return Some(fd),
+    };
+    let head = match parse_head(&buf[..n], &shared.rules) {
+        Ok(Parsed::Complete(head)) => head,
+        // Incomplete, or an error the task will answer: the slow path handles both.
+        _ => return Some(fd),
+    };
+    // No worker ready: the task path answers 503.
+    let Some(worker) = shared.route(&head, Some(peer.ip())) else {
+        return Some(fd);
+    };
+    match worker.try_reserve() {
+        Some(slot) => {
+            shared.stats.on_accept.fetch_add(1, Ordering::Relaxed);
+            hand_off(shared, &worker, slot, fd, peer);
+            None
+        }
+        None => Some(fd),
+    }
+}
+
+/// Moves a connection to its own task (peek until the head is complete, route, hand off).
+fn to_task(
+    shared: &Arc<Shared>,
+    fd: OwnedFd,
+    peer: SocketAddr,
+    last_warning: &mut Option<Instant>,
+) {
+    let std = std::net::TcpStream::from(fd);
+    match shared.pending.clone().try_acquire_owned() {
+        Ok(permit) => match TcpStream::from_std(std) {
+            Ok(stream) => {
+                tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
+            }
+            Err(e) => tracing::warn!(%peer, "cannot register a connection: {e}"),
+        },
+        Err(_) => {
+            shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                *last_warning = Some(Instant::now());
+                tracing::warn!(
+                    limit = shared.config.max_pending_heads,
+                    "too many connections waiting for a request head; answering 503 (raise --max-pending-heads?)"
+                );
+            }
+            use std::io::Write;
+            let _ = (&std).write(SERVICE_UNAVAILABLE);
+        }
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`.
+fn peek_raw(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and `fd` is an
+    // open socket kept alive by the borrow.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Queues the descriptor for `worker` (into room already reserved); the primary's copy is
+/// closed once the control channel has sent it.
+fn hand_off(
+    shared: &Shared,
+    worker: &WorkerHandle,
+    slot: Reserved<'_>,
+    fd: OwnedFd,
+    peer: SocketAddr,
+) {
+    let id = shared.stats.handed.fetch_add(1, Ordering::Relaxed);
+    worker.handed.fetch_add(1, Ordering::Relaxed);
+    slot.send(
+        ToWorker::Conn(ConnManifest {
+            id,
+            peer: Some(peer),
+            origin: ConnOrigin::Accepted,
+        }),
+        Some(fd),
+    );
 }
 
 /// Resolves once the flag is (or becomes) true, or its sender is gone.
@@ -115,16 +254,7 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    let id = shared.stats.handed.fetch_add(1, Ordering::Relaxed);
-    worker.handed.fetch_add(1, Ordering::Relaxed);
-    slot.send(
-        ToWorker::Conn(ConnManifest {
-            id,
-            peer: Some(peer),
-            origin: ConnOrigin::Accepted,
-        }),
-        Some(fd),
-    );
+    hand_off(&shared, &worker, slot, fd, peer);
     drop(permit);
 }
 

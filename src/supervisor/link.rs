@@ -1,7 +1,8 @@
 //! The primary's end of one worker's control channel.
 //!
-//! A writer task drains the worker's queue into the socket, closing the primary's copy of each
-//! descriptor once it is sent. A reader task serves the worker's requests: readiness, load,
+//! A writer task drains the worker's queue into the socket, batching consecutive hand-offs into
+//! one message (one `sendmsg` for up to 64 connections under load), and closes the primary's
+//! copy of each descriptor once it is sent. A reader task serves the worker's requests: readiness, load,
 //! heartbeats, session registration and look-up, and forwarded connections.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -12,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::ipc::IpcError;
-use crate::ipc::channel::{self, Receiver, Sender};
+use crate::ipc::channel::{self, MAX_FDS, Receiver, Sender};
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToPrimary, ToWorker};
 
 use super::slot::{Outgoing, Phase, WorkerHandle};
@@ -37,14 +38,48 @@ async fn write_loop(
     tx: Sender<ToWorker>,
     mut queue: mpsc::Receiver<Outgoing>,
 ) {
-    while let Some(Outgoing { msg, fd }) = queue.recv().await {
-        match tx.send(&msg, fd.as_ref().map(|f| f.as_fd())).await {
-            // `fd` is dropped here: the primary's copy is closed once the worker has its own.
-            Ok(()) => {}
-            Err(e) => {
+    let mut batch = Vec::with_capacity(MAX_FDS);
+    let mut conns: Vec<(ConnManifest, OwnedFd)> = Vec::with_capacity(MAX_FDS);
+    'run: while let Some(first) = queue.recv().await {
+        // Take what else is queued: consecutive hand-offs travel in one message.
+        batch.push(first);
+        while batch.len() < MAX_FDS {
+            match queue.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut items = batch.drain(..);
+        loop {
+            let next = items.next();
+            match next {
+                Some(Outgoing {
+                    msg: ToWorker::Conn(m),
+                    fd: Some(fd),
+                }) => {
+                    conns.push((m, fd));
+                    continue;
+                }
+                _ => {
+                    if let Err(e) = send_conns(&tx, &mut conns).await {
+                        tracing::debug!(worker = %handle.member, "control channel closed: {e}");
+                        for (m, fd) in conns.drain(..) {
+                            rehome(&shared, ToWorker::Conn(m), Some(fd));
+                        }
+                        next.into_iter()
+                            .chain(items)
+                            .for_each(|o| rehome(&shared, o.msg, o.fd));
+                        break 'run;
+                    }
+                }
+            }
+            let Some(item) = next else { break };
+            let fds: Vec<_> = item.fd.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = tx.send(&item.msg, &fds).await {
                 tracing::debug!(worker = %handle.member, "control channel closed: {e}");
-                rehome(&shared, msg, fd);
-                break;
+                rehome(&shared, item.msg, item.fd);
+                items.for_each(|o| rehome(&shared, o.msg, o.fd));
+                break 'run;
             }
         }
     }
@@ -54,6 +89,26 @@ async fn write_loop(
     while let Some(Outgoing { msg, fd }) = queue.recv().await {
         rehome(&shared, msg, fd);
     }
+}
+
+/// Sends the pending hand-offs as one message; on success the primary's copies are closed.
+async fn send_conns(
+    tx: &Sender<ToWorker>,
+    conns: &mut Vec<(ConnManifest, OwnedFd)>,
+) -> Result<(), IpcError> {
+    if conns.is_empty() {
+        return Ok(());
+    }
+    let fds: Vec<_> = conns.iter().map(|(_, f)| f.as_fd()).collect();
+    let msg = if conns.len() == 1 {
+        ToWorker::Conn(conns[0].0)
+    } else {
+        ToWorker::Conns(conns.iter().map(|(m, _)| *m).collect())
+    };
+    tx.send(&msg, &fds).await?;
+    drop(fds);
+    conns.clear();
+    Ok(())
 }
 
 fn rehome(shared: &Arc<Shared>, msg: ToWorker, fd: Option<OwnedFd>) {
@@ -73,7 +128,7 @@ fn rehome(shared: &Arc<Shared>, msg: ToWorker, fd: Option<OwnedFd>) {
 async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Receiver<ToPrimary>) {
     let member = handle.member;
     loop {
-        let (msg, fd) = match rx.recv().await {
+        let (msg, fds) = match rx.recv().await {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -132,7 +187,7 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 }
             }
             ToPrimary::Forward { target, peer } => {
-                let Some(fd) = fd else {
+                let Some(fd) = fds.into_iter().next() else {
                     tracing::warn!(worker = %member, "forward request without a socket; ignored");
                     continue;
                 };

@@ -39,11 +39,37 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, Sup
         socket.set_only_v6(false).ok();
     }
     socket.bind(&addr.into()).map_err(err("bind"))?;
+    defer_accept(&socket).map_err(err("set TCP_DEFER_ACCEPT"))?;
     socket.listen(backlog).map_err(err("listen"))?;
     socket
         .set_nonblocking(true)
         .map_err(err("set non-blocking"))?;
     Ok(socket.into())
+}
+
+/// `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` once its first bytes arrived, so
+/// the request head is almost always complete when the primary first looks at it (routed in the
+/// accept loop, no task, no reactor registration), and clients that connect without sending are
+/// kept out of the accept queue for a moment.
+fn defer_accept(socket: &Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid c_int that outlives the
+    // call, on a socket descriptor kept open by the borrow.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Takes the socket passed by systemd, if this process was socket-activated.
@@ -86,6 +112,7 @@ pub fn from_systemd() -> Result<Option<std::net::TcpListener>, SupervisorError> 
     socket
         .set_cloexec(true)
         .and_then(|_| socket.set_nonblocking(true))
+        .and_then(|_| socket.set_tcp_nodelay(true))
         .map_err(|e| {
             SupervisorError::Activation(format!("cannot configure the passed socket: {e}"))
         })?;

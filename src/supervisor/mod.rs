@@ -98,6 +98,8 @@ pub(crate) enum Event {
 pub(crate) struct Stats {
     /// Connections handed to workers (also the next connection id).
     pub handed: AtomicU64,
+    /// Of those, handed straight from the accept loop (head already complete).
+    pub on_accept: AtomicU64,
     /// Connections refused because too many were waiting for their head.
     pub overloaded: AtomicU64,
     /// Connections closed for a bad, slow or missing head.
@@ -145,10 +147,13 @@ impl Shared {
         drop(roster);
         let bus = self.hub.stats();
         format!(
-            "workers: {ready}/{} ready, {starting} starting, {draining} draining; sessions routed: {}; connections: {}; bus: {} relayed, {} dropped",
+            "workers: {ready}/{} ready, {starting} starting, {draining} draining; sessions routed: {}; connections: {} ({} routed on accept); bus: {} relayed, {} dropped",
             self.config.workers.resolve(),
             self.sids.lock().unwrap().len(),
             self.stats.handed.load(std::sync::atomic::Ordering::Relaxed),
+            self.stats
+                .on_accept
+                .load(std::sync::atomic::Ordering::Relaxed),
             bus.relayed,
             bus.dropped,
         )
@@ -181,8 +186,6 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
         .build()
         .map_err(SupervisorError::Runtime)?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| SupervisorError::Listen(config.listen.to_string(), "register", e))?;
         if config.adapter == crate::config::AdapterKind::Redis {
             // Fail fast, before starting workers, on a wrong URL or an unreachable Redis.
             let url = config.redis_url.as_deref().unwrap_or_default();
@@ -192,7 +195,7 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
         }
         let spawner = Spawner::start(tokio::runtime::Handle::current(), exe, args)?;
         Primary::new(config, spawner)?
-            .run(listener, activated)
+            .run(std_listener, activated)
             .await
     })
 }

@@ -129,7 +129,7 @@ impl Primary {
 
     pub(super) async fn run(
         mut self,
-        listener: tokio::net::TcpListener,
+        listener: std::net::TcpListener,
         activated: bool,
     ) -> Result<(), SupervisorError> {
         let addr = listener

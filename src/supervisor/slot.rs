@@ -144,6 +144,11 @@ impl WorkerHandle {
         self.ctl.reserve().await.map(Reserved).map_err(|_| ())
     }
 
+    /// Reserves room in the control queue if there is some, without waiting.
+    pub fn try_reserve(&self) -> Option<Reserved<'_>> {
+        self.ctl.try_reserve().ok().map(Reserved)
+    }
+
     /// Queues a control message if there is room.
     pub fn try_send(&self, msg: ToWorker, fd: Option<OwnedFd>) -> Result<(), Outgoing> {
         self.ctl

@@ -37,7 +37,8 @@ impl Control {
         let (tx, mut rx) = mpsc::unbounded_channel::<(ToPrimary, Option<OwnedFd>)>();
         tokio::spawn(async move {
             while let Some((msg, fd)) = rx.recv().await {
-                if let Err(e) = sender.send(&msg, fd.as_ref().map(|f| f.as_fd())).await {
+                let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+                if let Err(e) = sender.send(&msg, &fds).await {
                     tracing::error!("cannot reach the primary: {e}; exiting");
                     std::process::exit(1);
                 }

@@ -417,7 +417,7 @@ where
     spawn_reporters(&shared, &config, io.clone());
 
     loop {
-        let (msg, fd) = match ctl_rx.recv().await {
+        let (msg, fds) = match ctl_rx.recv().await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!("the primary is gone; exiting");
@@ -429,13 +429,26 @@ where
             }
         };
         match msg {
-            ToWorker::Conn(manifest) => match fd {
+            ToWorker::Conn(manifest) => match fds.into_iter().next() {
                 Some(fd) => serve::spawn(shared.clone(), svc.clone(), manifest, fd),
                 None => tracing::warn!(
                     conn = manifest.id,
                     "connection message without a descriptor"
                 ),
             },
+            ToWorker::Conns(manifests) => {
+                if manifests.len() != fds.len() {
+                    tracing::warn!(
+                        manifests = manifests.len(),
+                        descriptors = fds.len(),
+                        "hand-off batch does not match its descriptors; closing them"
+                    );
+                    continue;
+                }
+                for (manifest, fd) in manifests.into_iter().zip(fds) {
+                    serve::spawn(shared.clone(), svc.clone(), manifest, fd);
+                }
+            }
             reply @ (ToWorker::SidRegistered { req } | ToWorker::SidLocation { req, .. }) => {
                 control.resolve(req, reply);
             }
