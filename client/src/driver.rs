@@ -223,16 +223,23 @@ struct PollFlags {
 pub(crate) struct PollHttp {
     ctx: Arc<ConnCtx>,
     conn: Option<HttpConn>,
+    /// The kept-alive connection already carried a request (so a failure may only mean the
+    /// server closed it while idle).
+    reused: bool,
 }
 
 impl PollHttp {
     pub fn new(ctx: Arc<ConnCtx>) -> Self {
-        PollHttp { ctx, conn: None }
+        PollHttp {
+            ctx,
+            conn: None,
+            reused: false,
+        }
     }
 
     /// Sends one request; a non-2xx status is an [`Error::Http`].
     pub async fn send(&mut self, method: Method, uri: &str, body: Bytes) -> Result<RawResponse> {
-        let req = self.ctx.request(method, uri, body)?;
+        let req = self.ctx.request(method.clone(), uri, body.clone())?;
         let res = match self.ctx.polling_conn {
             PollingConn::Fresh => {
                 let mut conn = HttpConn::connect(self.ctx.addr).await?;
@@ -241,9 +248,26 @@ impl PollHttp {
             PollingConn::KeepAlive => {
                 if self.conn.as_ref().is_none_or(HttpConn::is_closed) {
                     self.conn = Some(HttpConn::connect(self.ctx.addr).await?);
+                    self.reused = false;
                 }
                 let conn = self.conn.as_mut().expect("connection just set");
-                conn.send(req).await?
+                match conn.send(req).await {
+                    Ok(res) => {
+                        self.reused = true;
+                        res
+                    }
+                    // A server may close an idle kept-alive connection just as a request is
+                    // sent on it (e.g. while it drains). Like browsers (RFC 9112 §9.3.1), send
+                    // that request again, once, on a new connection.
+                    Err(_) if self.reused => {
+                        let req = self.ctx.request(method, uri, body)?;
+                        let mut fresh = HttpConn::connect(self.ctx.addr).await?;
+                        let res = fresh.send(req).await?;
+                        self.conn = Some(fresh);
+                        res
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         res.error_for_status()
