@@ -124,9 +124,27 @@ fn main() -> anyhow::Result<()> {
             DYNAMIC_NAMESPACES,
             on_connect::<ClusterAdapter>.with(register_handlers::<ClusterAdapter>),
         )?;
-        Ok(axum::Router::new())
+        Ok(routes())
     })?;
     Ok(())
+}
+
+/// Plain HTTP routes next to Socket.IO (served by the workers like any request).
+fn routes() -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new().route(
+        "/whoami",
+        get(
+            async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
+                let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
+                axum::Json(serde_json::json!({
+                    "worker": ctx().worker,
+                    "pid": ctx().pid,
+                    "client": client,
+                }))
+            },
+        ),
+    )
 }
 
 /// `--standalone`: the same app in one process, `LocalAdapter`, every core.
@@ -176,7 +194,7 @@ mod standalone {
             DYNAMIC_NAMESPACES,
             on_connect::<LocalAdapter>.with(register_handlers::<LocalAdapter>),
         )?;
-        let svc = layer.layer(axum::Router::new());
+        let svc = layer.layer(routes());
 
         let listener = bind(config.listen, config.backlog)?;
         let addr = listener.local_addr()?;

@@ -34,6 +34,8 @@
 //! Modules follow the data: [`supervisor`] (accept → peek → route → hand off), [`worker`]
 //! (serve), [`adapter`] and [`ipc`] (relay).
 
+#![warn(missing_docs)]
+
 pub mod adapter;
 pub mod config;
 pub mod ipc;
