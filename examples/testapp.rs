@@ -164,20 +164,7 @@ mod standalone {
     async fn serve(config: Config) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
 
-        let mut builder = SocketIo::builder().req_path(config.path.clone());
-        if let Some(ms) = config.ping_interval_ms {
-            builder = builder.ping_interval(Duration::from_millis(ms));
-        }
-        if let Some(ms) = config.ping_timeout_ms {
-            builder = builder.ping_timeout(Duration::from_millis(ms));
-        }
-        if let Some(ms) = config.connect_timeout_ms {
-            builder = builder.connect_timeout(Duration::from_millis(ms));
-        }
-        if let Some(bytes) = config.max_payload {
-            builder = builder.max_payload(bytes);
-        }
-        let (layer, io) = builder.build_layer();
+        let (layer, io) = config.engine_settings(SocketIo::builder()).build_layer();
         let _ = CTX.set(Ctx {
             worker: "0".into(),
             pid: std::process::id(),
@@ -509,16 +496,13 @@ async fn on_remote_join<A: Adapter>(
     Data(args): Data<Args>,
     ack: AckSender<A>,
 ) {
-    let room = match args.room(1) {
-        Ok(room) => room,
-        Err(e) => return send_ack(ack, &e),
-    };
-    match find_socket(&io, &s, &args).await {
-        Ok(Some(remote)) => match remote.join(room).await {
-            Ok(()) => send_ack(ack, "ok"),
-            Err(e) => send_error(ack, "remote_join", e),
-        },
-        Ok(None) => send_ack(ack, "not found"),
+    match args.room(1) {
+        Ok(room) => {
+            on_remote(&s, &io, &args, ack, "remote_join", async |r| {
+                r.join(room).await
+            })
+            .await
+        }
         Err(e) => send_ack(ack, &e),
     }
 }
@@ -529,16 +513,13 @@ async fn on_remote_leave<A: Adapter>(
     Data(args): Data<Args>,
     ack: AckSender<A>,
 ) {
-    let room = match args.room(1) {
-        Ok(room) => room,
-        Err(e) => return send_ack(ack, &e),
-    };
-    match find_socket(&io, &s, &args).await {
-        Ok(Some(remote)) => match remote.leave(room).await {
-            Ok(()) => send_ack(ack, "ok"),
-            Err(e) => send_error(ack, "remote_leave", e),
-        },
-        Ok(None) => send_ack(ack, "not found"),
+    match args.room(1) {
+        Ok(room) => {
+            on_remote(&s, &io, &args, ack, "remote_leave", async |r| {
+                r.leave(room).await
+            })
+            .await
+        }
         Err(e) => send_ack(ack, &e),
     }
 }
@@ -549,14 +530,11 @@ async fn on_remote_emit<A: Adapter>(
     Data(args): Data<Args>,
     ack: AckSender<A>,
 ) {
-    match find_socket(&io, &s, &args).await {
-        Ok(Some(remote)) => match remote.emit("msg", &args.get(1)).await {
-            Ok(()) => send_ack(ack, "ok"),
-            Err(e) => send_error(ack, "remote_emit", e),
-        },
-        Ok(None) => send_ack(ack, "not found"),
-        Err(e) => send_ack(ack, &e),
-    }
+    let payload = args.get(1);
+    on_remote(&s, &io, &args, ack, "remote_emit", async |r| {
+        r.emit("msg", &payload).await
+    })
+    .await
 }
 
 async fn on_kick<A: Adapter>(
@@ -565,10 +543,23 @@ async fn on_kick<A: Adapter>(
     Data(args): Data<Args>,
     ack: AckSender<A>,
 ) {
-    match find_socket(&io, &s, &args).await {
-        Ok(Some(remote)) => match remote.disconnect().await {
+    on_remote(&s, &io, &args, ack, "kick", async |r| r.disconnect().await).await
+}
+
+/// Finds the socket whose id is the first argument, anywhere in the cluster, applies `op` to it
+/// and acks `"ok"`, `"not found"` or the error.
+async fn on_remote<A: Adapter, E: fmt::Display>(
+    s: &SocketRef<A>,
+    io: &SocketIo<A>,
+    args: &Args,
+    ack: AckSender<A>,
+    what: &str,
+    op: impl AsyncFnOnce(RemoteSocket<A>) -> Result<(), E>,
+) {
+    match find_socket(io, s, args).await {
+        Ok(Some(remote)) => match op(remote).await {
             Ok(()) => send_ack(ack, "ok"),
-            Err(e) => send_error(ack, "kick", e),
+            Err(e) => send_error(ack, what, e),
         },
         Ok(None) => send_ack(ack, "not found"),
         Err(e) => send_ack(ack, &e),

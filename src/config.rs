@@ -242,6 +242,35 @@ impl Config {
         Ok(())
     }
 
+    /// Applies the Engine.IO settings of this configuration (path, ping interval and timeout,
+    /// connect timeout, max payload) to a socketioxide builder. The cluster does it for its
+    /// workers; call it when serving the same app some other way (e.g. one process in tests).
+    ///
+    /// ```no_run
+    /// # let config: sio_cluster::Config = clap::Parser::parse();
+    /// let (layer, io) = config.engine_settings(socketioxide::SocketIo::builder()).build_layer();
+    /// # let _ = (layer, io);
+    /// ```
+    pub fn engine_settings<A: socketioxide::adapter::Adapter>(
+        &self,
+        mut builder: socketioxide::SocketIoBuilder<A>,
+    ) -> socketioxide::SocketIoBuilder<A> {
+        builder = builder.req_path(self.path.clone());
+        if let Some(ms) = self.ping_interval_ms {
+            builder = builder.ping_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.ping_timeout_ms {
+            builder = builder.ping_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            builder = builder.connect_timeout(Duration::from_millis(ms));
+        }
+        if let Some(bytes) = self.max_payload {
+            builder = builder.max_payload(bytes);
+        }
+        builder
+    }
+
     /// Head timeout as a [`Duration`].
     pub fn head_timeout(&self) -> Duration {
         Duration::from_millis(self.head_timeout_ms)

@@ -11,7 +11,7 @@
 //! descriptors.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToWorker};
 
 use super::Shared;
-use super::peek::{Parsed, parse_head, peek_head};
+use super::peek::{Parsed, parse_head, peek_fd, peek_head};
 use super::slot::{Reserved, WorkerHandle};
 
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -112,7 +112,7 @@ fn accept_raw(listener: &std::net::TcpListener) -> std::io::Result<(OwnedFd, Soc
 /// descriptor back when it has to wait (incomplete head, busy worker) or answer an error.
 fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<OwnedFd> {
     let mut buf = [0u8; 2048];
-    let n = match peek_raw(&fd, &mut buf) {
+    let n = match peek_fd(fd.as_fd(), &mut buf) {
         Ok(0) => return None, // closed before sending anything
         Ok(n) => n,
         Err(_) => return Some(fd),
@@ -163,25 +163,6 @@ fn to_task(
             use std::io::Write;
             let _ = (&std).write(SERVICE_UNAVAILABLE);
         }
-    }
-}
-
-/// `recv(MSG_PEEK | MSG_DONTWAIT)`.
-fn peek_raw(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and `fd` is an
-    // open socket kept alive by the borrow.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 

@@ -7,7 +7,7 @@
 //! The whole wait is bounded by a deadline, and a peer that half-closes mid-head is dropped at
 //! once.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Instant;
 
 use tokio::io::Interest;
@@ -214,11 +214,16 @@ pub async fn peek_head(
 }
 
 fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is a valid, writable buffer of `buf.len()` bytes for the whole call, and the
-    // descriptor is kept open by the borrowed `stream`.
+    peek_fd(stream.as_fd(), buf)
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`: copies what has arrived without consuming it.
+pub(crate) fn peek_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
+    // descriptor is kept open by the borrow.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd.as_raw_fd(),
             buf.as_mut_ptr().cast(),
             buf.len(),
             libc::MSG_PEEK | libc::MSG_DONTWAIT,

@@ -347,21 +347,7 @@ where
 
     let mut sio_config = SocketIoConfig::default();
     sio_config.server_id = uid;
-    let mut builder = SocketIo::builder()
-        .with_config(sio_config)
-        .req_path(config.path.clone());
-    if let Some(ms) = config.ping_interval_ms {
-        builder = builder.ping_interval(Duration::from_millis(ms));
-    }
-    if let Some(ms) = config.ping_timeout_ms {
-        builder = builder.ping_timeout(Duration::from_millis(ms));
-    }
-    if let Some(ms) = config.connect_timeout_ms {
-        builder = builder.connect_timeout(Duration::from_millis(ms));
-    }
-    if let Some(bytes) = config.max_payload {
-        builder = builder.max_payload(bytes);
-    }
+    let builder = config.engine_settings(SocketIo::builder().with_config(sio_config));
     let cluster = ClusterHandle {
         driver: driver.clone(),
         prefix: adapter_config.prefix.to_string(),
