@@ -68,7 +68,7 @@ pub enum Error {
     Worker(#[from] worker::WorkerError),
     /// The path of the running executable is unknown (needed to start workers).
     #[error("cannot find the running executable to start workers: {0}")]
-    Exe(#[source] std::io::Error),
+    Exe(std::io::Error),
 }
 
 /// Builder for a cluster, when the socketioxide builder needs customising.

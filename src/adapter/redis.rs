@@ -38,13 +38,12 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum RedisBusError {
     /// The URL is not a Redis URL.
-    #[error("invalid --redis-url `{url}`: {source}")]
+    #[error("invalid --redis-url `{url}`: {reason}")]
     BadUrl {
         /// The URL, password hidden.
         url: String,
         /// Why.
-        #[source]
-        source: redis::RedisError,
+        reason: redis::RedisError,
     },
     /// Redis could not be reached at start.
     #[error(
@@ -81,9 +80,9 @@ pub fn redact(url: &str) -> String {
 
 /// Opens a client for `url`, forcing RESP3 (the driver needs push messages).
 fn client(url: &str) -> Result<redis::Client, RedisBusError> {
-    let bad = |source| RedisBusError::BadUrl {
+    let bad = |reason| RedisBusError::BadUrl {
         url: redact(url),
-        source,
+        reason,
     };
     let info = url.into_connection_info().map_err(bad)?;
     let settings = info

@@ -19,16 +19,16 @@ pub mod message;
 pub enum IpcError {
     /// A socket call failed.
     #[error("{0} failed: {1}")]
-    Socket(&'static str, #[source] std::io::Error),
+    Socket(&'static str, std::io::Error),
     /// The peer process closed its end.
     #[error("the other process closed the channel")]
     Closed,
     /// A message could not be encoded.
     #[error("cannot encode IPC message: {0}")]
-    Encode(#[source] postcard::Error),
+    Encode(postcard::Error),
     /// A message could not be decoded (version skew or corruption).
     #[error("cannot decode IPC message: {0}")]
-    Decode(#[source] postcard::Error),
+    Decode(postcard::Error),
     /// A message is larger than the channel accepts.
     #[error("IPC message of {0} bytes is over the limit")]
     TooLarge(usize),

@@ -54,13 +54,13 @@ pub enum SupervisorError {
     #[error(
         "cannot listen on {0}: {1} failed: {2} (is another process using the port? try another --listen)"
     )]
-    Listen(String, &'static str, #[source] std::io::Error),
+    Listen(String, &'static str, std::io::Error),
     /// Socket activation was malformed.
     #[error("systemd socket activation: {0}")]
     Activation(String),
     /// A worker could not be started.
     #[error("cannot {0}: {1}")]
-    Spawn(String, #[source] std::io::Error),
+    Spawn(String, std::io::Error),
     /// A worker failed during startup.
     #[error("worker {slot} failed during startup: {reason}")]
     Startup {
@@ -71,7 +71,7 @@ pub enum SupervisorError {
     },
     /// The runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    Runtime(std::io::Error),
     /// IPC setup failed.
     #[error(transparent)]
     Ipc(#[from] crate::ipc::IpcError),

@@ -66,13 +66,13 @@ pub enum WorkerError {
     PrimaryUnresponsive,
     /// The user's setup failed.
     #[error("app setup failed: {0}")]
-    App(#[source] crate::BoxError),
+    App(crate::BoxError),
     /// The adapter could not start (e.g. Redis unreachable).
     #[error("adapter: {0}")]
     Adapter(String),
     /// The runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    Runtime(std::io::Error),
     /// IPC failure.
     #[error(transparent)]
     Ipc(#[from] crate::ipc::IpcError),
