@@ -7,7 +7,7 @@
 //! - while Redis is down, publishes are dropped (counted) and succeed, so every worker keeps
 //!   serving its own clients, local broadcasts included; server counts answer 1 (this worker), so
 //!   acks, `rooms()` and `fetch_sockets()` complete with local answers instead of waiting;
-//! - a background task reconnects with exponential backoff (100 ms to 5 s), subscribes again to
+//! - a background task reconnects with exponential backoff (100 ms to 1 s), subscribes again to
 //!   every channel the adapter holds, and resumes cross-host delivery; a health check detects a
 //!   dead connection even when nothing is published;
 //! - the outage is logged once when it starts and once when it ends, with the number of messages
@@ -30,7 +30,7 @@ use tokio::task::AbortHandle;
 /// queue, which applies backpressure; this one only absorbs bursts.
 const DRIVER_BUFFER: usize = 16 * 1024;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
