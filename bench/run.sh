@@ -2,9 +2,13 @@
 # Side-by-side benchmark, in one run on this machine: sio-cluster (2 workers) over its IPC bus
 # and over Redis, one socketioxide process serving the same app, and the Node cluster
 # (@socket.io/sticky + cluster-adapter, and + redis-adapter).
-# For each variant: start a fresh redis-server if the variant uses one, start the server on a
-# free 127.0.0.1 port, run the scenarios with target/release/sio-loadgen, stop both. Raw JSON
-# goes to bench/results/<timestamp>/<variant>/, the Markdown table (for BENCHMARKS.md) to
+# First every variant's server is started (each on its own free 127.0.0.1 port, with a fresh
+# redis-server if it uses one) and the connect scenarios run interleaved: R rounds, each
+# round one sio-loadgen run (warm-up + one measured batch) against every variant in turn
+# (A B C A B C ...), so that all variants see the same machine state over time; per variant
+# the rounds are merged (median round). Then, variant after variant: fanout and rooms on its
+# server, stop it, hold on a fresh server, stop it and its Redis. Raw JSON goes to
+# bench/results/<timestamp>/<variant>/, the Markdown table (for BENCHMARKS.md) to
 # bench/results/<timestamp>/table.md and stdout.
 #
 # Usage: bench/run.sh [--quick] [--variants cluster,cluster-redis,single,node,node-redis]
@@ -93,16 +97,22 @@ if [[ -z $REDIS_BIN ]]; then
 fi
 
 # ---- sizes ----------------------------------------------------------------------------------
+# Connect (both transports): CONN_ROUNDS interleaved rounds per variant, each a fresh loadgen
+# run of CONN_*_WARM warm-up connects (not counted), CONN_PAUSE s, then CONN_* measured ones;
+# client sockets spread over CONN_SRC loopback source addresses. See bench/README.md.
+CONN_SRC=8; CONN_PAUSE=1
 if [[ $QUICK == 1 ]]; then
-  CONN_WS=1000;  CONN_WS_CONC=100; CONN_ROUNDS=1
-  CONN_PU=300;   CONN_PU_CONC=50
+  CONN_ROUNDS=2
+  CONN_WS=1000;  CONN_WS_CONC=100; CONN_WS_WARM=300
+  CONN_PU=300;   CONN_PU_CONC=50;  CONN_PU_WARM=100
   FAN_RECV=1000; FAN_SEND=4; FAN_RATES=100,1000; FAN_STEP=2
   ROOM_CLIENTS=1000; ROOM_GROUP=10; ROOM_RATES=1000,8000; ROOM_STEP=2
   HOLD=1000; HOLD_SETTLE=2
   DRAIN=2
 else
-  CONN_WS=10000; CONN_WS_CONC=100; CONN_ROUNDS=3
-  CONN_PU=2000;  CONN_PU_CONC=50
+  CONN_ROUNDS=5
+  CONN_WS=10000; CONN_WS_CONC=100; CONN_WS_WARM=2000
+  CONN_PU=2000;  CONN_PU_CONC=50;  CONN_PU_WARM=300
   FAN_RECV=1000; FAN_SEND=4; FAN_RATES=100,200,500,1000,2000,3000,4000; FAN_STEP=5
   ROOM_CLIENTS=1000; ROOM_GROUP=10; ROOM_RATES=500,1000,2000,4000,8000,16000,24000,32000,48000; ROOM_STEP=5
   HOLD=5000; HOLD_SETTLE=5
@@ -124,9 +134,9 @@ if [[ $BUILD == 1 ]]; then
 fi
 LG=target/release/sio-loadgen
 [[ -x $LG ]] || { echo "$LG is missing (run without --no-build)" >&2; exit 1; }
-for v in "${VLIST[@]}"; do
-  if uses_redis "$v" && ! "$LG" connect --help 2>/dev/null | grep -q -- --redis-pid; then
-    echo "$LG predates --redis-pid (run without --no-build)" >&2
+for opt in --redis-pid --source-addrs --warmup; do
+  if ! "$LG" connect --help 2>/dev/null | grep -q -- "$opt"; then
+    echo "$LG predates connect $opt (run without --no-build)" >&2
     exit 1
   fi
 done
@@ -160,8 +170,8 @@ stop_all() {
     kill -TERM "$LG_PID" 2>/dev/null || true
     wait "$LG_PID" 2>/dev/null || true
   fi
-  bench_cleanup # the server first: it is a Redis client
-  stop_redis
+  bench_cleanup # the servers first: they are Redis clients
+  redis_cleanup
 }
 trap 'stop_all' EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
@@ -203,33 +213,92 @@ scenario() {
 }
 
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# Makes variant V's server (and Redis, if any) the current one: SERVER_PID, SERVER_PORT,
+# REDIS_PID (scenario adds --redis-pid).
+use_variant() {
+  redis_use "$1"
+  server_use "$1" || { echo "!! no server running for $1" >&2; return 1; }
+}
+
+# ---- 1. every server, started once --------------------------------------------------------
+STARTED=()
 for v in "${VLIST[@]}"; do
   dir="$OUT/$v"
   mkdir -p "$dir"
-  echo "== variant $v" >&2
+  echo "== starting $v" >&2
   # A fresh Redis per redis variant: see bench/README.md ("Redis").
-  if uses_redis "$v" && ! start_redis "$dir"; then
-    echo "!! could not start redis-server for $v (see $dir/redis.log); skipping it" >&2
-    continue
+  redis_use "" # none current: start_redis sets it
+  if uses_redis "$v"; then
+    if ! start_redis "$dir"; then
+      echo "!! could not start redis-server for $v (see $dir/redis.log); skipping it" >&2
+      continue
+    fi
+    redis_save "$v"
   fi
   if ! start_server "$dir" "${SERVER_CMD[$v]}"; then
     echo "!! could not start $v (see $dir/server.err); skipping it" >&2
-    stop_redis
+    stop_named_redis "$v"
     continue
   fi
+  server_save "$v"
+  STARTED+=("$v")
+done
+((${#STARTED[@]})) || { echo "no server could be started" >&2; exit 1; }
+sleep 1
+
+# ---- 2. connect, interleaved across the variants -----------------------------------------
+# Round r of every variant, then round r+1 of every variant... Each round is one loadgen run:
+# warm-up (not counted), pause, one measured batch; then the variant's rounds are merged into
+# <variant>/connect-<transport>.json (median round, latencies over all rounds).
+connect_interleaved() {
+  local transport=$1 clients=$2 conc=$3 warm=$4
+  local name="connect-$transport" r v
+  echo "== $name: $CONN_ROUNDS rounds x (${STARTED[*]}), $warm warm-up + $clients measured each" >&2
+  for ((r = 1; r <= CONN_ROUNDS; r++)); do
+    for v in "${STARTED[@]}"; do
+      use_variant "$v" || continue
+      scenario "$OUT/$v" "$name.round$r" connect --url "http://127.0.0.1:$SERVER_PORT" \
+        --pid-tree "$SERVER_PID" --clients "$clients" --concurrency "$conc" \
+        --transport "$transport" --warmup "$warm" --pause-secs "$CONN_PAUSE" \
+        --source-addrs "$CONN_SRC"
+    done
+  done
+  for v in "${STARTED[@]}"; do
+    local files=()
+    for ((r = 1; r <= CONN_ROUNDS; r++)); do
+      [[ -s $OUT/$v/$name.round$r.json ]] && files+=("$OUT/$v/$name.round$r.json")
+    done
+    if ((${#files[@]} == 0)); then
+      echo "!! $v / $name: no round succeeded" >&2
+      continue
+    fi
+    echo "$LG connect-merge ${files[*]}" >>"$OUT/commands.txt"
+    if ! "$LG" connect-merge "${files[@]}" >"$OUT/$v/$name.json" 2>"$OUT/$v/$name.log"; then
+      echo "!! $v / $name: merge failed (see $OUT/$v/$name.log)" >&2
+      rm -f "$OUT/$v/$name.json"
+    fi
+    cat "$OUT/$v/$name.log" >&2
+  done
+}
+connect_interleaved websocket "$CONN_WS" "$CONN_WS_CONC" "$CONN_WS_WARM"
+connect_interleaved polling-upgrade "$CONN_PU" "$CONN_PU_CONC" "$CONN_PU_WARM"
+
+# ---- 3. per variant: fanout, rooms on its server; hold on a fresh one -------------------
+# (The servers of the variants not yet done stay idle meanwhile, with no connection.)
+for v in "${STARTED[@]}"; do
+  dir="$OUT/$v"
+  echo "== variant $v" >&2
+  use_variant "$v" || continue
   url="http://127.0.0.1:$SERVER_PORT"
   pid=$SERVER_PID
-  scenario "$dir" connect-websocket connect --url "$url" --pid-tree "$pid" \
-    --clients "$CONN_WS" --concurrency "$CONN_WS_CONC" --transport websocket --repeat "$CONN_ROUNDS"
-  scenario "$dir" connect-polling-upgrade connect --url "$url" --pid-tree "$pid" \
-    --clients "$CONN_PU" --concurrency "$CONN_PU_CONC" --transport polling-upgrade --repeat "$CONN_ROUNDS"
   scenario "$dir" fanout fanout --url "$url" --pid-tree "$pid" \
     --receivers "$FAN_RECV" --senders "$FAN_SEND" --rates "$FAN_RATES" --step-secs "$FAN_STEP" \
     --drain-secs "$DRAIN"
   scenario "$dir" rooms rooms --url "$url" --pid-tree "$pid" \
     --clients "$ROOM_CLIENTS" --group "$ROOM_GROUP" --rates "$ROOM_RATES" --step-secs "$ROOM_STEP" \
     --drain-secs "$DRAIN"
-  stop_server
+  stop_named_server "$v"
   # Idle memory is measured on a fresh server: after the load scenarios the allocator keeps
   # freed memory, and new connections would reuse it without growing RSS.
   if start_server "$dir" "${SERVER_CMD[$v]}" hold; then
@@ -240,7 +309,7 @@ for v in "${VLIST[@]}"; do
   fi
   if [[ -n $REDIS_PID ]]; then
     redis_alive || echo "!! redis-server exited during $v (see $dir/redis.log)" >&2
-    stop_redis
+    stop_named_redis "$v"
   fi
 done
 

@@ -9,6 +9,10 @@
 #                            REDIS_URL; writes DIR/redis.cmd and DIR/redis.log.
 # stop_redis                 SIGTERM, wait (5 s), then SIGKILL.
 # redis_cpu_ticks            utime + stime of REDIS_PID (clock ticks), empty if it is gone.
+# redis_save NAME / redis_use NAME / stop_named_redis NAME
+#                            several at once, as server_save / server_use / stop_named_server
+#                            (redis_use of a name with none saved: no current Redis).
+# redis_cleanup              stops the current Redis and every saved one (for the EXIT trap).
 
 REDIS_BIN=""
 REDIS_VERSION=""
@@ -110,4 +114,35 @@ redis_cpu_ticks() {
   redis_alive || return 0
   # Fields after "(comm) ": state is field 3, utime 14, stime 15.
   sed 's/.*) //' "/proc/$REDIS_PID/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+}
+
+declare -A SAVED_REDIS=() # name -> "PID START PORT URL"
+
+redis_save() {
+  SAVED_REDIS[$1]="$REDIS_PID $REDIS_START $REDIS_PORT $REDIS_URL"
+}
+
+redis_use() {
+  REDIS_PID="" REDIS_START="" REDIS_PORT="" REDIS_URL=""
+  [[ -n $1 ]] || return 0 # "": no current Redis
+  local entry=${SAVED_REDIS[$1]:-}
+  [[ -n $entry ]] || return 0
+  read -r REDIS_PID REDIS_START REDIS_PORT REDIS_URL <<<"$entry"
+}
+
+stop_named_redis() {
+  redis_use "$1"
+  stop_redis
+  unset "SAVED_REDIS[$1]"
+}
+
+redis_cleanup() {
+  local n cur=$REDIS_PID
+  for n in "${!SAVED_REDIS[@]}"; do
+    [[ ${SAVED_REDIS[$n]%% *} == "$cur" ]] && cur=""
+  done
+  [[ -n $cur ]] && stop_redis
+  for n in "${!SAVED_REDIS[@]}"; do
+    stop_named_redis "$n"
+  done
 }

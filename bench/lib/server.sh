@@ -5,11 +5,18 @@
 #                             $REDIS_URL of bench/lib/redis.sh), waits for "listening on" on its
 #                             stdout; sets SERVER_PID and SERVER_PORT.
 # stop_server                 SIGTERM, wait (10 s), then SIGKILL whatever is left of the tree.
-# bench_cleanup               stop_server for the EXIT trap.
+# server_save NAME            remembers the current server (SERVER_PID, SERVER_PORT, its tree)
+#                             under NAME, so that several can run at once (run.sh's connect
+#                             phase); server_use NAME makes it current again; stop_named_server
+#                             NAME stops it and forgets it.
+# bench_cleanup               stops the current server and every saved one (for the EXIT trap).
 
 SERVER_PID=""
+SERVER_START=""
 SERVER_PORT=""
 SERVER_TREE=()
+declare -A SAVED_SERVER=() # name -> "PID PORT START" (the primary; START: its start time)
+declare -A SAVED_TREE=()   # name -> "PID:START PID:START ..."
 
 # A port nobody listens on (checked with ss; the bind itself is the final word, see retries).
 free_port() {
@@ -61,6 +68,7 @@ start_server() {
     $cmd >"$dir/server$suffix.out" 2>"$dir/server$suffix.err" &
     pid=$!
     SERVER_PID=$pid
+    SERVER_START=$(proc_start "$pid")
     SERVER_TREE=()
     local waited=0
     while ! grep -q "listening on" "$dir/server$suffix.out" 2>/dev/null; do
@@ -85,6 +93,7 @@ start_server() {
     fi
     wait "$pid" 2>/dev/null || true
     SERVER_PID=""
+    SERVER_START=""
     if grep -qi "in use" "$dir/server$suffix.err" 2>/dev/null; then
       echo "   port $port in use, retrying ($attempt)" >&2
       continue
@@ -101,18 +110,27 @@ stop_server() {
   [[ -n $pid ]] || return 0
   # The tree as it is now (workers may have been restarted) plus what was seen at start.
   local tree=("${SERVER_TREE[@]}")
-  mapfile -t -O "${#tree[@]}" tree < <(descendants "$pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "   pid $pid did not stop on SIGTERM; SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
+  # Only if the pid is still the process started (bash reaps a child that exited, and its pid
+  # may have been reused since).
+  if [[ -z $SERVER_START ]] || same_proc "$pid:$SERVER_START"; then
+    mapfile -t -O "${#tree[@]}" tree < <(descendants "$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+  else
+    echo "   server pid $pid already exited" >&2
+    pid=""
   fi
-  wait "$pid" 2>/dev/null || true
+  local i
+  if [[ -n $pid ]]; then
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "   pid $pid did not stop on SIGTERM; SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$SERVER_PID" 2>/dev/null || true
   # Workers are expected to exit with their primary; give them a moment, then force.
   local c
   for i in $(seq 1 30); do
@@ -130,11 +148,42 @@ stop_server() {
     fi
   done
   SERVER_PID=""
+  SERVER_START=""
+  SERVER_PORT=""
   SERVER_TREE=()
 }
 
+server_save() {
+  SAVED_SERVER[$1]="$SERVER_PID $SERVER_PORT $SERVER_START"
+  SAVED_TREE[$1]="${SERVER_TREE[*]}"
+}
+
+# Makes the server saved as NAME current (false, and no current server, if there is none).
+server_use() {
+  SERVER_PID="" SERVER_PORT="" SERVER_START=""
+  SERVER_TREE=()
+  [[ -n $1 ]] || return 1
+  local entry=${SAVED_SERVER[$1]:-}
+  [[ -n $entry ]] || return 1
+  read -r SERVER_PID SERVER_PORT SERVER_START <<<"$entry"
+  read -r -a SERVER_TREE <<<"${SAVED_TREE[$1]:-}"
+}
+
+stop_named_server() {
+  server_use "$1" && stop_server
+  unset "SAVED_SERVER[$1]" "SAVED_TREE[$1]"
+}
+
 bench_cleanup() {
-  stop_server
+  # The current server unless it is also a saved one (stopped below).
+  local n cur=$SERVER_PID
+  for n in "${!SAVED_SERVER[@]}"; do
+    [[ ${SAVED_SERVER[$n]%% *} == "$cur" ]] && cur=""
+  done
+  [[ -n $cur ]] && stop_server
+  for n in "${!SAVED_SERVER[@]}"; do
+    stop_named_server "$n"
+  done
 }
 
 # Percentage of the machine's CPU busy over one second (all cores), from /proc/stat.

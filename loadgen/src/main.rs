@@ -46,6 +46,10 @@ enum Cmd {
     Hold(hold::HoldArgs),
     /// Markdown side-by-side table of a bench/run.sh result directory.
     Report(report::ReportArgs),
+    /// Merge the JSON results of several `connect` runs (e.g. one measured round each, run in
+    /// turn with other servers by bench/run.sh) into one: all their rounds, the median round's
+    /// rate, latency percentiles over all rounds, summed failures and CPU.
+    ConnectMerge(connect::MergeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Report(a) = &cli.cmd {
         print!("{}", report::render(a)?);
         return Ok(());
+    }
+    if let Cmd::ConnectMerge(a) = &cli.cmd {
+        return common::emit(a.json.as_ref(), &connect::run_merge(a)?);
     }
     let nofile = procs::raise_nofile();
     if nofile < 4096 {
@@ -84,7 +91,7 @@ fn main() -> anyhow::Result<()> {
                 let f = a.common.json.clone();
                 hold::run(a).await.map(|v| (f, v))
             }
-            Cmd::Report(_) => unreachable!("handled above"),
+            Cmd::Report(_) | Cmd::ConnectMerge(_) => unreachable!("handled above"),
         }
     })?;
     common::emit(json_file.as_ref(), &value)?;

@@ -5,7 +5,7 @@
 //! until the upgrade is complete. The HTTP side uses `sio_client::raw::HttpConn` (keep-alive,
 //! reopened when the server closes it, e.g. `@socket.io/sticky`'s `Connection: close`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use sio_client::raw::{self, HttpConn, RawResponse};
@@ -81,8 +81,12 @@ async fn request(
 }
 
 /// Connects namespace `/` over polling and upgrades to websocket; returns the websocket.
+/// `source` is the local address of the websocket (`None`: the kernel's choice); the HTTP
+/// requests always go out from the kernel's choice (127.0.0.1), `sio_client::raw::HttpConn`
+/// does not bind.
 pub async fn connect_polling_upgrade(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     path: &str,
 ) -> Result<(WsConn, PollTimes), ConnError> {
     let t0 = Instant::now();
@@ -143,7 +147,8 @@ pub async fn connect_polling_upgrade(
         }
     };
     let probe = async {
-        let mut ws = WsConn::open(addr, &ws_target(path, Some(&sid)), "ws probe").await?;
+        let mut ws =
+            WsConn::open_from(addr, source, &ws_target(path, Some(&sid)), "ws probe").await?;
         ws.send_text(b"2probe")
             .await
             .map_err(|e| ConnError::io("ws probe", &e))?;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which server processes to account.
 #[derive(Debug, Clone)]
@@ -201,7 +201,8 @@ impl Target {
 }
 
 /// CPU seconds used between two snapshots.
-#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
 pub struct CpuUse {
     pub wall_s: f64,
     /// The primary (or the only server process).

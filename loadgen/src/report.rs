@@ -3,7 +3,8 @@
 //! Layout read: `DIR/invocation.txt` (optional), `DIR/<variant>/server.cmd` (the server command
 //! line), `DIR/<variant>/redis.cmd` (the Redis server of a redis variant, optional) and
 //! `DIR/<variant>/<scenario>.json` for the scenarios `connect-websocket`,
-//! `connect-polling-upgrade`, `fanout`, `rooms` and `hold` (missing ones show as `—`).
+//! `connect-polling-upgrade`, `fanout`, `rooms` and `hold` (missing ones show as `—`); the
+//! connect ones are usually `connect-merge`s of interleaved rounds (`merged_from`).
 //! Redis CPU rows (`cpu.redis_s` of the steps and rounds, from `--redis-pid`) are shown when any
 //! variant has them.
 
@@ -206,6 +207,69 @@ fn rounds_text(v: Option<&Value>) -> Cell {
     )
 }
 
+/// CPU per successful measured connect (µs): `cpu.<key>` over `ok`.
+fn per_connect_us(v: Option<&Value>, key: &str) -> Option<f64> {
+    let v = v?;
+    let ok = v.get("ok").and_then(Value::as_f64)?;
+    let s = v.pointer(&format!("/cpu/{key}")).and_then(Value::as_f64)?;
+    (ok > 0.0).then(|| s * 1e6 / ok)
+}
+
+fn per_connect_split(v: Option<&Value>) -> Cell {
+    match (
+        per_connect_us(v, "primary_s"),
+        per_connect_us(v, "workers_s"),
+    ) {
+        (Some(p), Some(w)) => Cell::Text(format!("{p:.0} / {w:.0}")),
+        _ => Cell::Missing,
+    }
+}
+
+/// How a connect result was measured, for the text under the table: rounds, warm-up, sources.
+fn connect_method(v: &Value) -> Option<String> {
+    let rounds = v.get("rounds").and_then(Value::as_u64)?;
+    let per_round = v.get("clients_per_round").and_then(Value::as_u64)?;
+    let conc = v.get("concurrency").and_then(Value::as_u64).unwrap_or(0);
+    let merged = v
+        .get("merged_from")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.len() > 1);
+    let warm = v
+        .get("warmups")
+        .and_then(Value::as_array)
+        .and_then(|w| w.first())
+        .and_then(|w| w.get("clients"))
+        .and_then(Value::as_u64);
+    let src = v.get("source_addrs").and_then(Value::as_u64).unwrap_or(0);
+    let mut t = if merged {
+        format!(
+            "{rounds} rounds per variant, run in turn across the variants (A B C A B C …) \
+             against servers started once; each round a fresh load generator"
+        )
+    } else {
+        format!("{rounds} round(s) in one load generator run")
+    };
+    if let Some(w) = warm {
+        t += &format!(
+            "{} {w} warm-up connects (not counted), then",
+            if merged { " making" } else { ":" }
+        );
+    } else if merged {
+        t += " making";
+    } else {
+        t += ":";
+    }
+    t += &format!(" {per_round} measured connects, {conc} in flight");
+    if src > 1 {
+        t += &format!(", client sockets bound to 127.0.0.1 … 127.0.0.{src} in turn");
+    }
+    t += "; connects/s = the median round's";
+    if merged {
+        t += " (ratios from the medians)";
+    }
+    Some(t)
+}
+
 fn steps_sum(v: Option<&Value>, ptr: &str) -> Option<f64> {
     let steps = v?.get("steps")?.as_array()?;
     Some(
@@ -405,9 +469,24 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
     row("connect websocket: p99 to CONNECT (ms)", &|v| {
         num(cw(v), "/connect_latency/p99_ms", 2)
     });
-    row("connect websocket: server CPU (s)", &|v| {
-        num(cw(v), "/cpu/server_total_s", 2)
-    });
+    row(
+        "connect websocket: server CPU per connect, all processes (µs)",
+        &|v| match per_connect_us(cw(v), "server_total_s") {
+            Some(x) => Cell::Num(x, 0),
+            None => Cell::Missing,
+        },
+    );
+    row(
+        "connect websocket: server CPU per connect, primary / workers (µs)",
+        &|v| per_connect_split(cw(v)),
+    );
+    row(
+        "connect websocket: other CPU on the machine during the measured rounds (s, disturbance)",
+        &|v| match num(cw(v), "/cpu/other_s", 2) {
+            Cell::Num(x, _) => Cell::Text(format!("{x:.2}")),
+            c => c,
+        },
+    );
     // Redis rows only when a variant ran with --redis-pid.
     let has_redis = vs.iter().any(|v| {
         [&v.connect_ws, &v.connect_pu, &v.fanout, &v.rooms]
@@ -433,6 +512,17 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
     row("connect polling+upgrade: p99 until upgraded (ms)", &|v| {
         num(cp(v), "/upgrade_latency/p99_ms", 2)
     });
+    row(
+        "connect polling+upgrade: server CPU per connect, all processes (µs)",
+        &|v| match per_connect_us(cp(v), "server_total_s") {
+            Some(x) => Cell::Num(x, 0),
+            None => Cell::Missing,
+        },
+    );
+    row(
+        "connect polling+upgrade: server CPU per connect, primary / workers (µs)",
+        &|v| per_connect_split(cp(v)),
+    );
     if has_redis {
         row("connect polling+upgrade: Redis CPU (s)", &|v| {
             redis_sum(cp(v))
@@ -652,6 +742,26 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
          Redis apart). RSS/PSS per connection: increase over the idle server, summed over all its \
          processes (Redis not included), divided by the connections held."
     )?;
+    // How connect was measured (from the first variant that has the result).
+    for (label, pick) in [
+        ("connect websocket", cw as fn(&Variant) -> Option<&Value>),
+        ("connect polling+upgrade", cp),
+    ] {
+        if let Some(m) = vs.iter().find_map(|v| pick(v).and_then(connect_method)) {
+            writeln!(out, "\n{label}: {m}.")?;
+        }
+    }
+    if vs.iter().any(|v| cw(v).and_then(connect_method).is_some()) {
+        writeln!(
+            out,
+            "\nConnects/s = successes over the time until the last success. Server CPU per \
+             connect = the server processes' CPU during the measured rounds' connects (closing \
+             excluded) over the successful connects; “primary” is the process started (for a \
+             cluster: the accept loop and the hand-off to the workers), “workers” its \
+             descendants. Why rounds are interleaved, warmed up and spread over source \
+             addresses: bench/README.md (“How connect is measured”)."
+        )?;
+    }
 
     // Disturbance: CPU used by other programs during the load steps.
     let mut other = 0.0;
@@ -709,8 +819,12 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
             }
             let ws = |v: &Variant| num(cw(v), "/connects_per_s", 0);
             if let (Some(a), Some(b)) = (get(c, &ws), get(s, &ws)) {
+                let rounds = cw(&vs[c])
+                    .and_then(|j| j.get("rounds"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 t.push(format!(
-                    "websocket connects/s ≥ 0.9× single: {:.2}× — {}",
+                    "websocket connects/s ≥ 0.9× single: {:.2}× (medians of {rounds} rounds) — {}",
                     a / b,
                     check(a >= 0.9 * b)
                 ));
@@ -752,11 +866,27 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
+        // A merged connect result: the command of one round, and how many ran.
+        let connect_argv = |j: &Option<Value>| {
+            let a = argv(j)?;
+            let n = j
+                .as_ref()?
+                .get("merged_from")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            Some(if n > 1 {
+                format!(
+                    "{a}   # × {n}, in turn with the other variants; then sio-loadgen connect-merge"
+                )
+            } else {
+                a
+            })
+        };
         let lines = [
             v.redis_cmd.clone().map(|c| format!("{c} &")),
             v.server_cmd.clone().map(|c| format!("{c} &")),
-            argv(&v.connect_ws),
-            argv(&v.connect_pu),
+            connect_argv(&v.connect_ws),
+            connect_argv(&v.connect_pu),
             argv(&v.fanout),
             argv(&v.rooms),
             v.hold_server_cmd.clone().map(|c| {
@@ -838,6 +968,81 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("serve node"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn interleaved_connect_rounds() {
+        let dir = std::env::temp_dir().join(format!("sio-loadgen-report-i-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, rates, primary) in [
+            ("cluster", [9000.0, 11000.0, 10000.0], 0.4),
+            ("single", [10000.0, 12000.0, 11000.0], 1.0),
+        ] {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("server.cmd"), format!("serve {name}\n")).unwrap();
+            let rounds: Vec<Value> = rates
+                .iter()
+                .map(|r| serde_json::json!({"clients": 1000, "ok": 1000, "failed": 0, "connects_per_s": r}))
+                .collect();
+            std::fs::write(
+                d.join("connect-websocket.json"),
+                serde_json::json!({"argv": "lg connect --warmup 200", "rounds": 3, "clients": 3000,
+                    "clients_per_round": 1000, "concurrency": 100, "source_addrs": 8, "ok": 3000,
+                    "failed": 0, "connects_per_s": rates[2],
+                    "merged_from": ["r1.json", "r2.json", "r3.json"],
+                    "warmups": [{"clients": 200}, {"clients": 200}, {"clients": 200}],
+                    "round_results": rounds,
+                    "cpu": {"primary_s": primary, "workers_s": 0.5, "server_total_s": primary + 0.5,
+                            "other_s": 0.04}})
+                .to_string(),
+            )
+            .unwrap();
+        }
+        let md = render(&ReportArgs {
+            dir: dir.clone(),
+            variants: vec![],
+            ratios: vec!["cluster/single".into()],
+        })
+        .unwrap();
+        assert!(
+            md.contains(
+                "| connect websocket: connects/s (median round) | 10,000 | 11,000 | 0.91 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect websocket: connects/s of each round | 9000 / 11000 / 10000 | 10000 / 12000 / 11000 |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect websocket: server CPU per connect, all processes (µs) | 300 | 500 | 0.60 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect websocket: server CPU per connect, primary / workers (µs) | 133 / 167 | 333 / 167 |  |"),
+            "{md}"
+        );
+        assert!(md.contains("(s, disturbance) | 0.04 | 0.04 |  |"), "{md}");
+        assert!(
+            md.contains(
+                "connect websocket: 3 rounds per variant, run in turn across the variants (A B C A B C …) \
+                 against servers started once; each round a fresh load generator making 200 warm-up \
+                 connects (not counted), then 1000 measured connects, 100 in flight, client sockets \
+                 bound to 127.0.0.1 … 127.0.0.8 in turn; connects/s = the median round's (ratios \
+                 from the medians)."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("websocket connects/s ≥ 0.9× single: 0.91× (medians of 3 rounds) — met"),
+            "{md}"
+        );
+        assert!(
+            md.contains("lg connect --warmup 200   # × 3, in turn with the other variants"),
+            "{md}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

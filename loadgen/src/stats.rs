@@ -6,7 +6,7 @@
 //! clamped. One histogram is 1,408 `u32` counters (5.6 KB), cheap enough to keep one per
 //! connection and merge them afterwards; recording is a few instructions, no allocation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const SUB_BITS: u32 = 7;
 /// Values below this are counted exactly.
@@ -156,6 +156,53 @@ impl LatHist {
     }
 }
 
+/// A histogram's non-empty buckets, for JSON: the results of separate runs can be merged
+/// exactly (`sio-loadgen connect-merge`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistDump {
+    pub count: u64,
+    pub sum_us: u64,
+    pub min_us: u64,
+    pub max_us: u64,
+    /// `[bucket index, count]` of the non-empty buckets.
+    pub buckets: Vec<(u32, u32)>,
+}
+
+impl LatHist {
+    pub fn dump(&self) -> HistDump {
+        HistDump {
+            count: self.count,
+            sum_us: self.sum,
+            min_us: if self.count == 0 { 0 } else { self.min },
+            max_us: self.max,
+            buckets: self
+                .counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (i as u32, *c))
+                .collect(),
+        }
+    }
+
+    /// The histogram of a [`HistDump`]; fails on a bucket index out of range.
+    pub fn from_dump(d: &HistDump) -> anyhow::Result<LatHist> {
+        let mut h = LatHist::new();
+        for &(i, c) in &d.buckets {
+            let slot = h
+                .counts
+                .get_mut(i as usize)
+                .ok_or_else(|| anyhow::anyhow!("histogram bucket {i} out of range"))?;
+            *slot = slot.saturating_add(c);
+        }
+        h.count = d.count;
+        h.sum = d.sum_us;
+        h.min = if d.count == 0 { u64::MAX } else { d.min_us };
+        h.max = d.max_us;
+        Ok(h)
+    }
+}
+
 /// Latency summary, milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
 pub struct Summary {
@@ -294,5 +341,37 @@ mod tests {
         assert!((s.p50_ms - 2.0).abs() < 0.05);
         assert_eq!(s.max_ms, 2.0);
         assert_eq!(round3(1.23456), 1.235);
+    }
+
+    #[test]
+    fn dump_round_trip_and_merge() {
+        let mut a = LatHist::new();
+        let mut b = LatHist::new();
+        let mut all = LatHist::new();
+        for v in [3u64, 150, 900, 12_000, 77] {
+            a.record(v);
+            all.record(v);
+        }
+        for v in [5u64, 2_500_000, 640] {
+            b.record(v);
+            all.record(v);
+        }
+        let d = a.dump();
+        assert_eq!(d.count, 5);
+        assert_eq!(d.buckets.len(), 5);
+        let back = LatHist::from_dump(&d).unwrap();
+        assert_eq!(back.summary(), a.summary());
+        let json = serde_json::to_string(&b.dump()).unwrap();
+        let b2: HistDump = serde_json::from_str(&json).unwrap();
+        let mut m = LatHist::from_dump(&d).unwrap();
+        m.merge(&LatHist::from_dump(&b2).unwrap());
+        assert_eq!(m.summary(), all.summary());
+        let empty = LatHist::from_dump(&LatHist::new().dump()).unwrap();
+        assert_eq!(empty.summary(), LatHist::new().summary());
+        let bad = HistDump {
+            buckets: vec![(u32::MAX, 1)],
+            ..LatHist::new().dump()
+        };
+        assert!(LatHist::from_dump(&bad).is_err());
     }
 }

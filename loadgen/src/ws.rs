@@ -8,12 +8,12 @@
 //! is implemented: HTTP/1.1 upgrade (no TLS, no extensions), text/binary/control frames,
 //! fragmented messages, masking of client frames.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -265,12 +265,14 @@ const READ_CHUNK: usize = 8 * 1024;
 impl WsConn {
     /// Opens a websocket to `addr` with request target `target` (path and query).
     /// Fails with [`ConnError::Http`] if the server answers anything but 101.
-    pub async fn open(
+    /// `source`: the local address (`None`: the kernel's choice; see [`tcp_connect`]).
+    pub async fn open_from(
         addr: SocketAddr,
+        source: Option<IpAddr>,
         target: &str,
         phase: &'static str,
     ) -> Result<WsConn, ConnError> {
-        let stream = TcpStream::connect(addr)
+        let stream = tcp_connect(addr, source)
             .await
             .map_err(|e| ConnError::io(phase, &e))?;
         let _ = stream.set_nodelay(true);
@@ -505,6 +507,84 @@ impl WsConn {
     }
 }
 
+/// Connects to `addr`, from the local address `source` if given (`None`: the kernel picks it,
+/// 127.0.0.1 towards 127.0.0.1).
+///
+/// With a source address the socket is bound to `source:0` with `IP_BIND_ADDRESS_NO_PORT`
+/// (Linux), so that the port is chosen at `connect()` for the whole 4-tuple, as for an unbound
+/// socket: a plain `bind(ip:0)` would reserve a port for every destination and skip the ports
+/// still held by TIME_WAIT sockets.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let sock = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    #[cfg(target_os = "linux")]
+    if ip.is_ipv4() {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value of the right size.
+        // Best effort: without it the bind still works, only with a port reserved per source.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.connect(addr).await
+}
+
+/// Loopback source addresses for client sockets: `127.0.0.1` .. `127.0.0.N`, cycled over the
+/// connection index (`N = 0`: no binding, the kernel's choice). Every address has its own
+/// ephemeral port range towards the server's `ip:port`, so N addresses hold N times the
+/// connections (TIME_WAIT included) that one can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceAddrs(u8);
+
+impl SourceAddrs {
+    /// The most addresses: 127.0.0.1 .. 127.0.0.254.
+    pub const MAX: usize = 254;
+
+    /// N source addresses for connections to `dest` (an IPv4 loopback address when N > 0).
+    pub fn new(n: usize, dest: SocketAddr) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            n <= Self::MAX,
+            "--source-addrs {n}: at most {} (127.0.0.1 .. 127.0.0.254)",
+            Self::MAX
+        );
+        anyhow::ensure!(
+            n == 0 || matches!(dest.ip(), IpAddr::V4(ip) if ip.is_loopback()),
+            "--source-addrs needs an IPv4 loopback --url (127.0.0.x), not {dest}"
+        );
+        Ok(SourceAddrs(n as u8))
+    }
+
+    /// How many addresses (0: none bound).
+    pub fn count(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// The source address of connection `i`.
+    pub fn for_conn(self, i: usize) -> Option<IpAddr> {
+        (self.0 > 0).then(|| {
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i % usize::from(self.0)) as u8,
+            ))
+        })
+    }
+}
+
 fn parse_status(head: &str) -> Option<u16> {
     let line = head.lines().next()?;
     let mut parts = line.split_whitespace();
@@ -563,8 +643,17 @@ pub struct WsTimes {
 
 /// Websocket-only Engine.IO session + namespace `/` CONNECT; returns once `40{...}` arrived.
 pub async fn connect_ws(addr: SocketAddr, path: &str) -> Result<(WsConn, WsTimes), ConnError> {
+    connect_ws_from(addr, None, path).await
+}
+
+/// [`connect_ws`] from the local address `source` (`None`: the kernel's choice).
+pub async fn connect_ws_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+) -> Result<(WsConn, WsTimes), ConnError> {
     let t0 = Instant::now();
-    let mut ws = WsConn::open(addr, &ws_target(path, None), "ws open").await?;
+    let mut ws = WsConn::open_from(addr, source, &ws_target(path, None), "ws open").await?;
     let _sid = ws
         .read_text_until("ws open packet", |p| {
             if p.first() == Some(&b'0') {
@@ -672,5 +761,55 @@ mod tests {
         assert!(connect_reply(br#"40{"sid":"x"}"#).unwrap().is_ok());
         assert!(connect_reply(br#"44{"message":"no"}"#).unwrap().is_err());
         assert!(connect_reply(b"42[]").is_none());
+    }
+
+    #[test]
+    fn source_addrs_cycle() {
+        let dest: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        let none = SourceAddrs::new(0, dest).unwrap();
+        assert_eq!(none.count(), 0);
+        assert_eq!(none.for_conn(5), None);
+        let s = SourceAddrs::new(3, dest).unwrap();
+        let ips: Vec<String> = (0..7).map(|i| s.for_conn(i).unwrap().to_string()).collect();
+        assert_eq!(
+            ips,
+            [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.1"
+            ]
+        );
+        assert_eq!(
+            SourceAddrs::new(254, dest)
+                .unwrap()
+                .for_conn(253)
+                .unwrap()
+                .to_string(),
+            "127.0.0.254"
+        );
+        assert!(SourceAddrs::new(255, dest).is_err());
+        assert!(SourceAddrs::new(2, "[::1]:3000".parse().unwrap()).is_err());
+        assert!(SourceAddrs::new(0, "[::1]:3000".parse().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn connects_from_the_source_address() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dest = l.local_addr().unwrap();
+        let s = SourceAddrs::new(4, dest).unwrap();
+        for i in [0usize, 2, 3] {
+            let c = tcp_connect(dest, s.for_conn(i)).await.unwrap();
+            let (_srv, peer) = l.accept().await.unwrap();
+            assert_eq!(Some(peer.ip()), s.for_conn(i));
+            assert_eq!(c.local_addr().unwrap(), peer);
+            assert_eq!(c.peer_addr().unwrap(), dest);
+        }
+        let c = tcp_connect(dest, None).await.unwrap();
+        let (_srv, peer) = l.accept().await.unwrap();
+        assert_eq!(c.local_addr().unwrap(), peer);
     }
 }
