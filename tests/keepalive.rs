@@ -30,7 +30,13 @@ async fn ack_on(conn: &mut HttpConn, sid: &str, id: u32, event: &str) -> Value {
     for _ in 0..10 {
         let get = conn.get(&polling_url(PATH, sid)).await.unwrap();
         assert_eq!(get.status, 200, "GET for {sid}: {}", get.text());
-        for p in get.packets() {
+        let packets = get.packets();
+        if packets.iter().any(|p| p == "2") {
+            // A ping came with it: answer, or the session dies after the ping timeout.
+            let pong = conn.post(&polling_url(PATH, sid), "3").await.unwrap();
+            assert_eq!((pong.status, pong.text()), (200, "ok"), "pong for {sid}");
+        }
+        for p in packets {
             if let Some(rest) = p.strip_prefix(&format!("43{id}")) {
                 let args: Value = serde_json::from_str(rest).unwrap();
                 return args[0].clone();
@@ -101,5 +107,67 @@ fn two_sessions_on_two_workers_share_one_keepalive_connection() {
             !shared.is_closed(),
             "the shared connection stayed open throughout"
         );
+    });
+}
+
+/// One round of a polling client for `sid` on `conn`: one GET (a long poll, at most one ping
+/// interval) and, if it carried a ping, the pong.
+async fn poll_and_pong(conn: &mut HttpConn, sid: &str) {
+    let get = conn.get(&polling_url(PATH, sid)).await.unwrap();
+    assert_eq!(get.status, 200, "GET for {sid}: {}", get.text());
+    if get.packets().iter().any(|p| p == "2") {
+        let post = conn.post(&polling_url(PATH, sid), "3").await.unwrap();
+        assert_eq!((post.status, post.text()), (200, "ok"), "pong for {sid}");
+    }
+}
+
+/// A session whose every request arrives through another worker's connection must stay
+/// routable: the owner counts forwarded requests as activity, so its idle sweep (ping interval
+/// + ping timeout + 5 s, here 9 s) never mistakes it for an upgraded or dead session.
+#[test]
+fn a_session_reached_only_through_another_workers_connection_stays_alive() {
+    let c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--balance",
+        "round-robin",
+        "--ping-interval-ms",
+        "1000",
+        "--ping-timeout-ms",
+        "3000",
+    ])
+    .spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut shared = HttpConn::connect(c.addr).await.unwrap();
+        let sid_a = open_session(&mut shared).await;
+        let who_a = ack_on(&mut shared, &sid_a, 1, "whoami").await;
+        let mut found = None;
+        for _ in 0..6 {
+            let mut own = HttpConn::connect(c.addr).await.unwrap();
+            let sid = open_session(&mut own).await;
+            let who = ack_on(&mut own, &sid, 1, "whoami").await;
+            if who["worker"] != who_a["worker"] {
+                found = Some((sid, who));
+                break;
+            }
+        }
+        let (sid_b, who_b) = found.expect("a session on the other worker");
+
+        // From now on session B is reached only through A's connection, for longer than the
+        // owner's idle sweep window.
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(12);
+        while tokio::time::Instant::now() < until {
+            poll_and_pong(&mut shared, &sid_b).await;
+            poll_and_pong(&mut shared, &sid_a).await;
+        }
+        let b = ack_on(&mut shared, &sid_b, 2, "whoami").await;
+        assert_eq!(b["worker"], who_b["worker"], "session B moved: {b}");
+        assert_eq!(b["sid"], sid_b.as_str());
+        let a = ack_on(&mut shared, &sid_a, 2, "whoami").await;
+        assert_eq!(a["worker"], who_a["worker"], "session A moved: {a}");
     });
 }

@@ -134,7 +134,10 @@ where
         Box::pin(async move {
             match kind {
                 Kind::Session(sid) => {
-                    if conn.forwarded || shared.leases.touch(&sid) {
+                    // Touch first: a session whose requests all arrive forwarded (through
+                    // another worker's keep-alive connection) must still count as active.
+                    let ours = shared.leases.touch(&sid);
+                    if ours || conn.forwarded {
                         return Ok(serve_session(inner, &shared, sid, req).await);
                     }
                     // Not one of ours: a keep-alive connection reused for another worker's
