@@ -2,7 +2,9 @@
 //!
 //! Each flag has an environment variable (`SIO_*`) so the same binary is configured from a
 //! systemd unit's `Environment=` lines or from the command line. Workers are re-executed with
-//! the primary's arguments and environment, so they parse the very same configuration.
+//! the primary's arguments and environment, so they parse the very same configuration; with
+//! `--config-file` the primary adds that file's variables, read again on every reload
+//! ([`config_file`](crate::config_file)).
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -115,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "SIO_REDIS_PREFIX", default_value = "socket.io")]
     pub redis_prefix: String,
 
-    /// How long a worker may take to reach Redis at start before the cluster gives up.
+    /// How long the primary's start-up check may take to reach Redis before the cluster gives
+    /// up (exit status 1, no fallback to IPC).
     #[arg(long, env = "SIO_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
     pub redis_connect_timeout_ms: u64,
 
@@ -197,6 +200,12 @@ pub struct Config {
     /// Roll (gracefully replace) a worker whose resident memory exceeds this many MiB.
     #[arg(long, env = "SIO_WORKER_MEMORY_LIMIT_MB")]
     pub worker_memory_limit_mb: Option<u64>,
+
+    /// File of `KEY=VALUE` lines (systemd `EnvironmentFile=` syntax) read at start and again on
+    /// every reload (SIGHUP): `SIO_*` settings, `RUST_LOG` and the app's own variables, set in
+    /// every worker's environment. Command-line flags win over it; it wins over the environment.
+    #[arg(long, env = "SIO_CONFIG_FILE", value_name = "PATH")]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -38,6 +38,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod config_file;
 pub mod ipc;
 mod logging;
 pub mod sid;
@@ -128,11 +129,32 @@ impl Cluster {
             }
             None => {
                 logging::init("primary");
-                let exe = std::env::current_exe().map_err(Error::Exe)?;
+                let exe = worker_exe().map_err(Error::Exe)?;
                 let args = std::env::args_os().skip(1).collect();
                 supervisor::run(self.config, exe, args).map_err(Error::from)
             }
         }
+    }
+}
+
+/// The path workers are started from: the path this binary was started by, as given.
+///
+/// Not `/proc/self/exe`, which names the file we run: after a deploy that replaced the binary
+/// (or repointed a `current -> releases/N` symlink) that is the old release, and a reload must
+/// start the new one. A path given with a `/` is kept (made absolute, as the primary never
+/// changes directory); a bare name found through `PATH`, or an `argv[0]` that names no file,
+/// falls back to the running file.
+fn worker_exe() -> std::io::Result<std::path::PathBuf> {
+    let argv0 = std::env::args_os().next().map(std::path::PathBuf::from);
+    match argv0 {
+        Some(p) if p.as_os_str().as_encoded_bytes().contains(&b'/') && p.is_file() => {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Ok(std::env::current_dir()?.join(p))
+            }
+        }
+        _ => std::env::current_exe(),
     }
 }
 

@@ -272,7 +272,7 @@ fn sigterm_drains_and_exits_zero_leaving_no_worker() {
             .all(|p| !process_alive(*p))),
         "workers left behind"
     );
-    assert!(c.logs().contains("STOPPING") || c.logs().contains("draining workers"));
+    assert!(c.logs().contains("draining workers"), "{}", c.logs());
 }
 
 #[test]
@@ -413,4 +413,45 @@ fn a_worker_over_the_memory_limit_is_rolled_not_killed() {
         assert!(!seen.iter().any(|(_, p)| *p == pid), "{seen:?}");
         drop(again);
     });
+}
+
+/// Signals are handled from the very start: a SIGHUP while the primary still waits for Redis
+/// does not kill it, and SIGTERM then stops it at once with status 0.
+#[test]
+fn signals_during_start_up_are_handled() {
+    // Accepts connections and never answers: the Redis check waits its whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut start = Start::testapp(&[
+        "--workers",
+        "1",
+        "--adapter",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-connect-timeout-ms",
+        "30000",
+    ]);
+    start.args[1] = listen.clone();
+    start.no_wait = Some(listen.parse().unwrap());
+    let mut c = start.spawn();
+    std::thread::sleep(Duration::from_millis(700));
+    c.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.is_running(), "SIGHUP during start-up killed the primary");
+    let started = Instant::now();
+    c.signal(libc::SIGTERM);
+    let status = c
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", c.logs());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        c.logs().contains("SIGTERM received during start-up"),
+        "{}",
+        c.logs()
+    );
+    drop(silent);
 }

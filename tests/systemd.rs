@@ -143,7 +143,21 @@ fn sd_notify_lifecycle_and_watchdog() {
         .expect("MONOTONIC_USEC")
         .parse()
         .unwrap();
-    assert!(usec > 0);
+    // CLOCK_MONOTONIC, the clock systemd compares it with: taken between our SIGHUP and now.
+    let mono_now = {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    };
+    let since_hup = hup.elapsed().as_micros() as u64;
+    assert!(
+        usec <= mono_now && mono_now - usec <= since_hup + 100_000,
+        "MONOTONIC_USEC={usec} is not CLOCK_MONOTONIC at the reload (now {mono_now}, SIGHUP {since_hup} µs ago)"
+    );
     assert!(
         inbox
             .wait_for(|m| m.contains("READY=1"), hup, Duration::from_secs(30))

@@ -37,12 +37,13 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
+use crate::config_file::{EnvFile, effective_config};
 use crate::ipc::message::MemberId;
 
 use balance::Balancer;
 use hub::Hub;
 use peek::{HeadRules, RequestHead};
-use primary::Primary;
+use primary::{Primary, Signals};
 use sid_table::SidTable;
 use slot::{Phase, Roster, WorkerHandle};
 use spawn::Spawner;
@@ -78,6 +79,9 @@ pub enum SupervisorError {
     /// Redis mode was asked for but Redis cannot be used.
     #[error(transparent)]
     Redis(#[from] crate::adapter::RedisBusError),
+    /// The config file cannot be used.
+    #[error(transparent)]
+    ConfigFile(#[from] crate::config_file::ConfigFileError),
 }
 
 /// Lifecycle events, handled by the supervision loop.
@@ -177,6 +181,15 @@ impl Shared {
 /// `exe` and `args` are what workers are started with (this binary and its arguments).
 pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), SupervisorError> {
     raise_nofile_limit();
+    let (config, file) = match config.config_file.clone() {
+        Some(path) => {
+            let file = EnvFile::read(&path)?;
+            let config = effective_config(&args, &file, &path)?;
+            tracing::info!(path = %path.display(), vars = file.vars().len(), "config file read");
+            (config, file)
+        }
+        None => (config, EnvFile::default()),
+    };
     let (std_listener, activated) = match listener::from_systemd()? {
         Some(l) => (l, true),
         None => (listener::bind(config.listen, config.backlog)?, false),
@@ -186,15 +199,21 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
         .build()
         .map_err(SupervisorError::Runtime)?;
     rt.block_on(async move {
+        // First, so that a signal during start-up is handled, not fatal.
+        let mut signals = Signals::install()?;
         if config.adapter == crate::config::AdapterKind::Redis {
             // Fail fast, before starting workers, on a wrong URL or an unreachable Redis.
             let url = config.redis_url.as_deref().unwrap_or_default();
             let timeout = Duration::from_millis(config.redis_connect_timeout_ms);
-            crate::adapter::redis::probe(url, timeout).await?;
+            tokio::select! {
+                probed = crate::adapter::redis::probe(url, timeout) => probed?,
+                _ = signals.term.recv() => { tracing::info!("SIGTERM received during start-up"); return Ok(()); }
+                _ = signals.int.recv() => { tracing::info!("SIGINT received during start-up"); return Ok(()); }
+            }
             tracing::info!(url = %crate::adapter::redis::redact(url), "Redis reachable");
         }
-        let spawner = Spawner::start(tokio::runtime::Handle::current(), exe, args)?;
-        Primary::new(config, spawner)?
+        let spawner = Spawner::start(tokio::runtime::Handle::current(), exe, args.clone())?;
+        Primary::new(config, spawner, signals, args, file)?
             .run(std_listener, activated)
             .await
     })

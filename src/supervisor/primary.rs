@@ -11,6 +11,7 @@
 //! - **systemd**: READY/RELOADING/STOPPING/STATUS notifications, and WATCHDOG only while every
 //!   worker answers heartbeats.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +21,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::Config;
+use crate::config_file::{EnvFile, ReloadPlan, effective_config};
 use crate::ipc::message::{MemberId, ToWorker};
 
 use super::balance::Balancer;
@@ -50,14 +52,49 @@ enum Wait {
     Stop,
 }
 
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
+/// The signals the primary handles. Installed first thing, so that a signal during start-up
+/// (while Redis is probed, while workers start) is handled instead of killing the process.
+pub(crate) struct Signals {
+    pub term: Signal,
+    pub int: Signal,
+    pub hup: Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Self, SupervisorError> {
+        let sig = |k| signal(k).map_err(SupervisorError::Runtime);
+        Ok(Self {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The delay before restarting a slot whose worker died, and the one after it.
+///
+/// Starts at 200 ms and grows ×1.5 per crash up to 15 s; a worker that stayed up 30 s or more
+/// resets it (its death is not part of a crash loop).
+fn crash_backoff(state: &mut SlotState, uptime: Duration) -> Duration {
+    if uptime >= HEALTHY_AFTER {
+        state.backoff = FIRST_BACKOFF;
+        state.crashes = 0;
+    }
+    state.crashes += 1;
+    let delay = state.backoff;
+    state.backoff = state.backoff.mul_f64(1.5).min(MAX_BACKOFF);
+    delay
 }
 
 pub(super) struct Primary {
     shared: Arc<Shared>,
+    /// The configuration in effect: supervision settings are read from here (a reload with a
+    /// config file replaces it); routing settings stay those of `shared.config`.
+    config: Config,
+    /// Our arguments, to read the config file again the way it was read at start.
+    args: Vec<OsString>,
+    /// The config file's variables, set in every new worker's environment.
+    env: Arc<[(String, String)]>,
     spawner: Spawner,
     events: mpsc::UnboundedReceiver<Event>,
     slots: Vec<SlotState>,
@@ -74,7 +111,13 @@ pub(super) struct Primary {
 }
 
 impl Primary {
-    pub(super) fn new(config: Config, spawner: Spawner) -> Result<Self, SupervisorError> {
+    pub(super) fn new(
+        config: Config,
+        spawner: Spawner,
+        signals: Signals,
+        args: Vec<OsString>,
+        file: EnvFile,
+    ) -> Result<Self, SupervisorError> {
         let (tx, events) = mpsc::unbounded_channel();
         let n = config.workers.resolve();
         let notifier = Notifier::from_env();
@@ -85,12 +128,6 @@ impl Primary {
         };
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let sig = |k| signal(k).map_err(SupervisorError::Runtime);
-        let signals = Signals {
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-            hup: sig(SignalKind::hangup())?,
-        };
         let shared = Arc::new(Shared {
             rules: HeadRules {
                 engine_prefix: config.engine_path_prefix(),
@@ -104,10 +141,13 @@ impl Primary {
             pending: Arc::new(Semaphore::new(config.max_pending_heads)),
             events: tx,
             stats: Stats::default(),
-            config,
+            config: config.clone(),
         });
         Ok(Self {
             shared,
+            config,
+            args,
+            env: file.vars().to_vec().into(),
             spawner,
             events,
             slots: (0..n)
@@ -140,7 +180,13 @@ impl Primary {
         for slot in 0..n {
             self.start_worker(slot).await?;
         }
-        self.wait_all_ready(n).await?;
+        if !self.wait_all_ready(n).await? {
+            self.stopping = true;
+            self.kill_all();
+            self.reap(Duration::from_secs(2)).await;
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept = tokio::spawn(accept::accept_loop(self.shared.clone(), listener, stop_rx));
@@ -153,7 +199,7 @@ impl Primary {
         self.last_status = self.shared.status();
         self.notifier.ready(&self.last_status);
 
-        let status_every = Duration::from_millis(self.shared.config.status_interval_ms.max(100));
+        let status_every = Duration::from_millis(self.config.status_interval_ms.max(100));
         let mut status_tick = tokio::time::interval(status_every);
         status_tick.tick().await;
         let mut last_logged = String::new();
@@ -199,7 +245,7 @@ impl Primary {
 
     /// Drains every worker within the drain timeout; a second signal or the timeout kills them.
     async fn drain_all(&mut self) {
-        let timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
         let handles: Vec<_> = self.shared.roster.read().unwrap().iter().cloned().collect();
         tracing::info!(workers = handles.len(), ?timeout, "draining workers");
         for h in &handles {
@@ -226,14 +272,61 @@ impl Primary {
         if forced {
             self.kill_all();
             // Reap them so none outlives us (they would also die by PDEATHSIG when we exit).
-            let reap_deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while self.shared.roster.read().unwrap().iter().next().is_some() {
-                match tokio::time::timeout_at(reap_deadline, self.events.recv()).await {
-                    Ok(Some(ev)) => self.on_event(ev).await,
-                    _ => break,
-                }
+            self.reap(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Handles exit events until no worker is left or `within` passed.
+    async fn reap(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.shared.roster.read().unwrap().iter().next().is_some() {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(ev)) => self.on_event(ev).await,
+                _ => break,
             }
         }
+    }
+
+    /// With `--config-file`: reads it again for a reload. `false` when the reload must not go
+    /// on (the file is unreadable or invalid, or changes a setting no reload can change); the
+    /// error says which and what to do.
+    fn reread_config_file(&mut self) -> bool {
+        let Some(path) = self.config.config_file.clone() else {
+            return true;
+        };
+        let read = EnvFile::read(&path)
+            .and_then(|file| effective_config(&self.args, &file, &path).map(|c| (file, c)));
+        let (file, new) = match read {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(
+                    "reload refused, workers unchanged: {e}; fix the file and reload again"
+                );
+                return false;
+            }
+        };
+        let plan = ReloadPlan::new(&self.config, &new);
+        if !plan.refused.is_empty() {
+            tracing::error!(
+                path = %path.display(),
+                "reload refused, workers unchanged: {} cannot change while the cluster runs (old \
+                 and new workers would not see each other); restart the service to apply it, or \
+                 revert it and reload again",
+                plan.refused.join(", ")
+            );
+            return false;
+        }
+        if !plan.kept.is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                "{} changed: read by the primary only at start, so kept until a restart",
+                plan.kept.join(", ")
+            );
+        }
+        tracing::info!(path = %path.display(), vars = file.vars().len(), "config file read again");
+        self.env = file.vars().to_vec().into();
+        self.config = new;
+        true
     }
 
     /// SIGHUP: replaces every worker, one slot at a time, with one started from the binary on
@@ -242,6 +335,13 @@ impl Primary {
         loop {
             tracing::info!("SIGHUP received: rolling reload of every worker");
             self.notifier.reloading();
+            if !self.reread_config_file() {
+                self.notifier.ready(&self.last_status);
+                if !std::mem::take(&mut self.reload_again) {
+                    return Wait::Done;
+                }
+                continue;
+            }
             let slots: Vec<usize> = (0..self.slots.len()).collect();
             let outcome = self.roll(slots, "reload").await;
             if outcome == Wait::Stop {
@@ -259,8 +359,8 @@ impl Primary {
     /// Replaces the worker of each slot in turn: start the successor, wait until it is ready,
     /// then drain the predecessor and wait (bounded) for it to exit.
     async fn roll(&mut self, slots: Vec<usize>, why: &str) -> Wait {
-        let ready_timeout = Duration::from_millis(self.shared.config.ready_timeout_ms);
-        let drain_timeout = Duration::from_millis(self.shared.config.drain_timeout_ms);
+        let ready_timeout = Duration::from_millis(self.config.ready_timeout_ms);
+        let drain_timeout = Duration::from_millis(self.config.drain_timeout_ms);
         for slot in slots {
             let old: Vec<Arc<WorkerHandle>> = self
                 .shared
@@ -367,7 +467,7 @@ impl Primary {
 
     /// Periodic checks: hung workers, memory limit, systemd watchdog and status.
     fn on_tick(&mut self) {
-        let cfg = &self.shared.config;
+        let cfg = &self.config;
         let heartbeat_timeout = Duration::from_millis(cfg.heartbeat_timeout_ms);
         let ready_timeout = Duration::from_millis(cfg.ready_timeout_ms);
         let limit = cfg.worker_memory_limit_mb.map(|mb| mb * 1024 * 1024);
@@ -427,16 +527,22 @@ impl Primary {
         }
     }
 
-    async fn wait_all_ready(&mut self, n: usize) -> Result<(), SupervisorError> {
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.shared.config.ready_timeout_ms);
+    /// Waits until the first `n` workers are ready: `Ok(false)` if SIGTERM/SIGINT came first.
+    async fn wait_all_ready(&mut self, n: usize) -> Result<bool, SupervisorError> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
         loop {
             let ready = self.shared.roster.read().unwrap().count(Phase::Ready);
             if ready >= n {
                 tracing::info!(workers = n, "all workers ready");
-                return Ok(());
+                return Ok(true);
             }
-            let ev = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            let ev = tokio::select! {
+                ev = tokio::time::timeout_at(deadline, self.events.recv()) => ev,
+                _ = self.signals.term.recv() => { tracing::info!("SIGTERM received during start-up"); return Ok(false); }
+                _ = self.signals.int.recv() => { tracing::info!("SIGINT received during start-up"); return Ok(false); }
+            };
+            let ev = match ev {
                 Ok(Some(ev)) => ev,
                 Ok(None) => unreachable!("the primary holds an event sender"),
                 Err(_) => {
@@ -454,7 +560,7 @@ impl Primary {
                         slot,
                         reason: format!(
                             "not ready within {} ms (--ready-timeout-ms)",
-                            self.shared.config.ready_timeout_ms
+                            self.config.ready_timeout_ms
                         ),
                     });
                 }
@@ -509,14 +615,19 @@ impl Primary {
                     tracing::info!(slot = h.slot, pid = h.pid, %status, "worker exited");
                     return;
                 }
-                let state = &mut self.slots[h.slot];
-                if h.started.elapsed() >= HEALTHY_AFTER {
-                    state.backoff = FIRST_BACKOFF;
-                    state.crashes = 0;
+                if h.phase() == Phase::Starting && self.slot_is_served(h.slot) {
+                    // A reload's successor that died before it was ready: the roll keeps the
+                    // slot's current worker, nothing to restart.
+                    tracing::error!(
+                        slot = h.slot,
+                        pid = h.pid,
+                        %status,
+                        "a new worker exited before it was ready; the slot keeps its current worker"
+                    );
+                    return;
                 }
-                state.crashes += 1;
-                let delay = state.backoff;
-                state.backoff = state.backoff.mul_f64(1.5).min(MAX_BACKOFF);
+                let state = &mut self.slots[h.slot];
+                let delay = crash_backoff(state, h.started.elapsed());
                 tracing::error!(
                     slot = h.slot,
                     pid = h.pid,
@@ -577,7 +688,7 @@ impl Primary {
     async fn start_worker(&mut self, slot: usize) -> Result<MemberId, SupervisorError> {
         let member = MemberId(self.next_member);
         self.next_member += 1;
-        let spawned = self.spawner.spawn(slot, member).await?;
+        let spawned = self.spawner.spawn(slot, member, self.env.clone()).await?;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         let handle = Arc::new(WorkerHandle::new(member, slot, spawned.pid, tx));
         self.shared.roster.write().unwrap().insert(handle.clone());
@@ -611,13 +722,50 @@ impl Primary {
 }
 
 /// Stops routing new sessions to `h` and asks it to drain (`handover`: others take over).
+///
+/// A worker whose control queue is full cannot be asked: it is killed instead (its clients
+/// reconnect), as a drain that never starts would only end in a kill at the drain timeout.
 fn drain(h: &WorkerHandle, timeout: Duration, handover: bool) {
     h.set_phase(Phase::Draining);
-    let _ = h.try_send(
-        ToWorker::Drain {
-            timeout_ms: timeout.as_millis() as u64,
-            handover,
-        },
-        None,
-    );
+    let asked = h
+        .try_send(
+            ToWorker::Drain {
+                timeout_ms: timeout.as_millis() as u64,
+                handover,
+            },
+            None,
+        )
+        .is_ok();
+    if !asked {
+        tracing::error!(
+            slot = h.slot,
+            pid = h.pid,
+            "cannot ask the worker to drain (its control queue is full or closed); killing it"
+        );
+        h.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_backoff_grows_to_the_cap_and_resets_after_a_healthy_run() {
+        let mut state = SlotState {
+            backoff: FIRST_BACKOFF,
+            crashes: 0,
+        };
+        let quick = Duration::from_millis(50);
+        let delays: Vec<u64> = (0..14)
+            .map(|_| crash_backoff(&mut state, quick).as_millis() as u64)
+            .collect();
+        assert_eq!(&delays[..5], &[200, 300, 450, 675, 1012]);
+        assert!(delays.windows(2).all(|w| w[1] >= w[0]), "{delays:?}");
+        assert_eq!(*delays.last().unwrap(), 15_000, "capped: {delays:?}");
+        assert_eq!(state.crashes, 14);
+        // A worker that ran 30 s before dying starts a new series.
+        assert_eq!(crash_backoff(&mut state, HEALTHY_AFTER), FIRST_BACKOFF);
+        assert_eq!(state.crashes, 1);
+    }
 }

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -39,6 +40,7 @@ pub struct Spawned {
 struct Request {
     slot: usize,
     member: MemberId,
+    env: Arc<[(String, String)]>,
     reply: oneshot::Sender<Result<Spawned, SupervisorError>>,
 }
 
@@ -72,7 +74,7 @@ impl Spawner {
                 // tokio::process needs the runtime to reap children; the fork happens here.
                 let _guard = rt.enter();
                 while let Ok(req) = rx.recv() {
-                    let res = spawn_one(&exe, &args, req.slot, req.member);
+                    let res = spawn_one(&exe, &args, req.slot, req.member, &req.env);
                     let _ = req.reply.send(res);
                 }
             })
@@ -80,13 +82,20 @@ impl Spawner {
         Ok(Self { tx })
     }
 
-    /// Starts one worker for `slot`.
-    pub async fn spawn(&self, slot: usize, member: MemberId) -> Result<Spawned, SupervisorError> {
+    /// Starts one worker for `slot`, with `env` (the config file's variables) added to the
+    /// primary's environment.
+    pub async fn spawn(
+        &self,
+        slot: usize,
+        member: MemberId,
+        env: Arc<[(String, String)]>,
+    ) -> Result<Spawned, SupervisorError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
                 slot,
                 member,
+                env,
                 reply,
             })
             .map_err(|_| {
@@ -109,6 +118,7 @@ fn spawn_one(
     args: &[std::ffi::OsString],
     slot: usize,
     member: MemberId,
+    extra_env: &[(String, String)],
 ) -> Result<Spawned, SupervisorError> {
     let io_err = |what: &str, e: std::io::Error| SupervisorError::Spawn(what.to_string(), e);
     let (ctl_primary, ctl_child) = seqpacket_pair()
@@ -126,8 +136,8 @@ fn spawn_one(
         primary_pid: std::process::id(),
     };
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(args)
-        .env(WorkerEnv::VAR, env.encode())
+    cmd.args(args).envs(extra_env.iter().map(|(k, v)| (k, v)));
+    cmd.env(WorkerEnv::VAR, env.encode())
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

@@ -1,0 +1,245 @@
+//! Deploys: a reload (SIGHUP) starts workers from the binary now on disk with the config file
+//! read again, and a bad deploy (broken binary, bad config) never takes the serving cluster down.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{Start, eventually, example_bin, http_once};
+
+const RELOAD: Duration = Duration::from_secs(60);
+
+/// `pingInterval` of a fresh polling handshake: what the worker that answered was configured
+/// with.
+fn ping_interval(c: &support::Cluster) -> u64 {
+    let (status, body) =
+        http_once(c.addr, "GET", "/socket.io/?EIO=4&transport=polling", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let open: serde_json::Value = serde_json::from_str(&body[1..]).unwrap();
+    open["pingInterval"].as_u64().unwrap()
+}
+
+/// A polling handshake succeeds (some worker serves).
+fn served(c: &support::Cluster) -> bool {
+    matches!(
+        http_once(c.addr, "GET", "/socket.io/?EIO=4&transport=polling", ""),
+        Ok((200, _))
+    )
+}
+
+/// Copies the test app to `to` through a temporary name and a rename, as deploy tools do (the
+/// running file keeps its inode; the path gets a new one).
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// The file a process runs, as the kernel sees it.
+fn exe_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn a_reload_reads_the_config_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.env");
+    std::fs::write(
+        &file,
+        "# settings\nSIO_WORKERS=2\nSIO_PING_INTERVAL_MS=21000\n",
+    )
+    .unwrap();
+    let mut c = Start::testapp(&["--config-file", file.to_str().unwrap()]).spawn();
+    // Read at start by the primary (worker count) and by the workers (engine settings).
+    assert_eq!(c.worker_pids().len(), 2, "{}", c.logs());
+    for _ in 0..4 {
+        assert_eq!(ping_interval(&c), 21000);
+    }
+
+    // A changed worker setting applies through the new workers; a changed start-up setting of
+    // the primary is kept, with a warning.
+    std::fs::write(&file, "SIO_WORKERS=3\nSIO_PING_INTERVAL_MS=23000\n").unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    assert!(
+        c.logs()
+            .lines()
+            .any(|l| l.contains("--workers") && l.contains("kept until a restart")),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(c.worker_pids().len(), 2);
+    for _ in 0..4 {
+        assert_eq!(ping_interval(&c), 23000);
+    }
+
+    // A setting that would split the running cluster refuses the reload: nothing changes.
+    let pids = sorted(c.worker_pids());
+    std::fs::write(
+        &file,
+        "SIO_WORKERS=2\nSIO_PING_INTERVAL_MS=24000\nSIO_REDIS_PREFIX=other\n",
+    )
+    .unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(
+        c.wait_log("reload refused", Duration::from_secs(10)),
+        "{}",
+        c.logs()
+    );
+    assert!(c.logs().contains("--redis-prefix"), "{}", c.logs());
+    // So does a file that does not parse; the error names the file and the line.
+    std::fs::write(&file, "SIO_WORKERS=2\nthis is not a setting\n").unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || c.count_log("reload refused")
+            >= 2),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        c.logs().contains(&format!("{}:2:", file.display())),
+        "{}",
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sorted(c.worker_pids()), pids, "workers were left alone");
+    assert_eq!(ping_interval(&c), 23000);
+    assert!(c.is_running());
+}
+
+#[test]
+fn a_reload_runs_the_binary_now_at_the_started_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example_bin("testapp");
+    for v in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.path().join(v)).unwrap();
+        install(&app, &dir.path().join(v).join("testapp"));
+    }
+    let current = dir.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+
+    let mut start = Start::testapp(&["--workers", "2", "--drain-timeout-ms", "2000"]);
+    start.bin = current.join("testapp");
+    let mut c = start.spawn();
+    let v1 = std::fs::canonicalize(dir.path().join("v1").join("testapp")).unwrap();
+    for pid in c.worker_pids() {
+        assert_eq!(exe_of(pid), v1, "worker {pid}");
+    }
+
+    // A symlink deploy: `current` now points at v2.
+    let next = dir.path().join("current.new");
+    std::os::unix::fs::symlink("v2", &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    let v2 = std::fs::canonicalize(dir.path().join("v2").join("testapp")).unwrap();
+    let pids = c.worker_pids();
+    assert_eq!(pids.len(), 2);
+    for pid in &pids {
+        assert_eq!(exe_of(*pid), v2, "worker {pid} after the symlink deploy");
+    }
+
+    // An in-place deploy: a new file renamed over v2/testapp.
+    install(&app, &v2);
+    let inode = std::fs::metadata(&v2).unwrap().ino();
+    c.signal(libc::SIGHUP);
+    assert!(
+        eventually(RELOAD, || c.count_log("reload finished") >= 2),
+        "{}",
+        c.logs()
+    );
+    let after = c.worker_pids();
+    assert_eq!(after.len(), 2);
+    for pid in &after {
+        assert!(!pids.contains(pid), "worker {pid} was replaced");
+        assert_eq!(exe_of(*pid), v2, "worker {pid} runs a deleted file");
+        let running = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino();
+        assert_eq!(running, inode, "worker {pid} runs the new file");
+    }
+    assert!(served(&c));
+    assert!(c.is_running());
+}
+
+#[test]
+fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = example_bin("testapp");
+    let bin = dir.path().join("testapp");
+    install(&app, &bin);
+    let mut start = Start::testapp(&[
+        "--workers",
+        "2",
+        "--ready-timeout-ms",
+        "5000",
+        "--drain-timeout-ms",
+        "2000",
+    ]);
+    start.bin = bin.clone();
+    let mut c = start.spawn();
+    let pids = sorted(c.worker_pids());
+
+    // A bad deploy: the new binary dies at start.
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &bin).unwrap();
+
+    // A reload keeps the old workers, slot by slot.
+    c.signal(libc::SIGHUP);
+    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    assert_eq!(
+        c.count_log("the new worker did not become ready; keeping the old one"),
+        2,
+        "{}",
+        c.logs()
+    );
+    assert_eq!(sorted(c.worker_pids()), pids, "old workers kept");
+    assert!(served(&c));
+
+    // A worker that dies now cannot be restarted: its slot crash-loops with a growing
+    // backoff while the other worker serves every new session.
+    let died = "worker died; restarting it in its slot";
+    assert_eq!(c.count_log(died), 0, "{}", c.logs());
+    let victim = pids[1];
+    // SAFETY: plain kill(2) of a worker this test's cluster started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    assert!(
+        eventually(Duration::from_secs(15), || c.count_log(died) >= 4),
+        "{}",
+        c.logs()
+    );
+    let delays: Vec<u64> = c
+        .logs()
+        .lines()
+        .filter(|l| l.contains(died))
+        .filter_map(|l| l.split("restart_in_ms=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(delays.len() >= 4, "{delays:?}");
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "backoff grows: {delays:?}"
+    );
+    assert!(c.is_running());
+    for _ in 0..10 {
+        assert!(served(&c), "the surviving worker serves");
+    }
+
+    // The fixed binary comes back: the slot recovers on its own, no restart of the service.
+    install(&app, &bin);
+    assert!(
+        eventually(Duration::from_secs(20), || c.worker_pids().len() == 2
+            && c.logs().matches("worker ready slot=").count() >= 3),
+        "{}",
+        c.logs()
+    );
+    assert!(served(&c));
+    assert!(c.is_running());
+}
