@@ -266,6 +266,8 @@ fn recv_one(
 fn take_fds(mhdr: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
     let start = mhdr.msg_control as usize;
+    // `msg_controllen` is `size_t` with glibc but `socklen_t` with musl.
+    #[allow(clippy::unnecessary_cast)]
     let end = start + mhdr.msg_controllen as usize;
     // SAFETY: `mhdr` was just filled in by a successful recvmsg; `msg_control` and the
     // `msg_controllen` it set describe the control data the kernel wrote (possibly truncated,
