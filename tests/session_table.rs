@@ -9,13 +9,18 @@ use std::time::Duration;
 use sio_client::{Client, ClientConfig, PollingConn, Transport};
 use support::{Start, eventually};
 
-/// Latest `sessions routed: N` in the primary's status lines.
-fn routed(c: &support::Cluster) -> Option<usize> {
+/// Every `sessions routed: N` in the primary's status lines, oldest first.
+fn routed_history(c: &support::Cluster) -> Vec<usize> {
     c.logs()
         .lines()
         .filter_map(|l| l.split("sessions routed: ").nth(1))
         .filter_map(|rest| rest.split(';').next()?.trim().parse().ok())
-        .next_back()
+        .collect()
+}
+
+/// Latest `sessions routed: N` in the primary's status lines.
+fn routed(c: &support::Cluster) -> Option<usize> {
+    routed_history(c).last().copied()
 }
 
 #[test]
@@ -42,20 +47,27 @@ fn table_follows_live_polling_sessions() {
                 ClientConfig::new(c.addr, Transport::Polling).polling_conn(PollingConn::Fresh);
             polling.push(Client::connect(cfg).await.unwrap());
         }
-        let mut upgraded = Vec::new();
+        // Status lines printed from here on count every session connected so far.
+        let seen_before = routed_history(&c).len();
+        let mut connecting = tokio::task::JoinSet::new();
         for _ in 0..20 {
-            upgraded.push(
-                Client::connect(ClientConfig::new(c.addr, Transport::PollingThenUpgrade))
-                    .await
-                    .unwrap(),
-            );
+            let cfg = ClientConfig::new(c.addr, Transport::PollingThenUpgrade);
+            connecting.spawn(Client::connect(cfg));
         }
-        // All 60 were registered at their handshake.
+        let mut upgraded = Vec::new();
+        while let Some(client) = connecting.join_next().await {
+            upgraded.push(client.unwrap().unwrap());
+        }
+        // All 60 were registered at their handshake. An upgraded session is unregistered only
+        // once it has sent no polling request for ping interval + ping timeout + 5 s (7 s
+        // here), and the 20 connected together, so some status line (every 200 ms) shows all
+        // 60 at once: the highest count since they started connecting is exactly 60.
+        let peak = || routed_history(&c)[seen_before..].iter().copied().max();
         assert!(
-            eventually(Duration::from_secs(5), || routed(&c)
-                .is_some_and(|n| n >= 40)),
-            "status: {:?}",
-            routed(&c)
+            eventually(Duration::from_secs(5), || peak() == Some(60)),
+            "peak: {:?}, status: {:?}",
+            peak(),
+            routed_history(&c)
         );
         // Upgraded sessions stop needing routing after ping interval + ping timeout (+5 s);
         // the polling ones stay, still working.

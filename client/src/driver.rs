@@ -251,22 +251,38 @@ impl PollHttp {
                     self.reused = false;
                 }
                 let conn = self.conn.as_mut().expect("connection just set");
-                match conn.send(req).await {
+                match conn.send_tracked(req).await {
                     Ok(res) => {
                         self.reused = true;
                         res
                     }
                     // A server may close an idle kept-alive connection just as a request is
                     // sent on it (e.g. while it drains). Like browsers (RFC 9112 §9.3.1), send
-                    // that request again, once, on a new connection.
-                    Err(_) if self.reused => {
+                    // that request again, once, on a new connection, but only when the server
+                    // cannot have acted on it: no byte of a response came back, and the request
+                    // is an idempotent GET or never reached the server. Anything else (a POST
+                    // the server may have processed, a response cut short) is the server's
+                    // failure to report, not to hide.
+                    Err(f)
+                        if self.reused
+                            && f.no_response
+                            && (method == Method::GET || f.not_sent) =>
+                    {
+                        tracing::info!(
+                            %method,
+                            not_sent = f.not_sent,
+                            "kept-alive connection closed before any response ({}); sending the request again on a new connection",
+                            f.error
+                        );
                         let req = self.ctx.request(method, uri, body)?;
                         let mut fresh = HttpConn::connect(self.ctx.addr).await?;
+                        self.reused = false;
                         let res = fresh.send(req).await?;
                         self.conn = Some(fresh);
+                        self.reused = true;
                         res
                     }
-                    Err(e) => return Err(e),
+                    Err(f) => return Err(f.error),
                 }
             }
         };
@@ -1029,5 +1045,138 @@ impl Driver {
                 let _ = r.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the test server does with the second request on the first connection.
+    #[derive(Clone, Copy)]
+    enum Second {
+        /// Reads it, then closes without a byte of response.
+        CloseUnanswered,
+        /// Starts a response, then closes.
+        CutResponse,
+    }
+
+    /// Reads one request (head and `content-length` body); false on EOF.
+    async fn read_request(s: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A server whose first connection answers one request, then fails the second as told;
+    /// later connections answer everything. Returns its address and the count of requests
+    /// answered on later connections (the client's retries).
+    async fn server(second: Second) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let retried = Arc::new(AtomicUsize::new(0));
+        let counter = retried.clone();
+        tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut first).await);
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            assert!(read_request(&mut first).await);
+            if let Second::CutResponse = second {
+                first
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-le")
+                    .await
+                    .unwrap();
+            }
+            drop(first);
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    while read_request(&mut s).await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2")
+                            .await;
+                    }
+                });
+            }
+        });
+        (addr, retried)
+    }
+
+    fn poll_http(addr: SocketAddr) -> PollHttp {
+        PollHttp::new(Arc::new(ConnCtx {
+            addr,
+            path: "/socket.io/".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            host: HeaderValue::from_str(&addr.to_string()).unwrap(),
+            polling_conn: PollingConn::KeepAlive,
+            upgrade_timeout: Duration::from_secs(5),
+        }))
+    }
+
+    async fn second_request(method: Method, second: Second) -> (Result<String>, usize) {
+        let (addr, retried) = server(second).await;
+        let mut http = poll_http(addr);
+        let is_post = method == Method::POST;
+        let body = || {
+            if is_post {
+                Bytes::from_static(b"40")
+            } else {
+                Bytes::new()
+            }
+        };
+        let first = http
+            .send(method.clone(), "/socket.io/", body())
+            .await
+            .unwrap();
+        assert_eq!(first.text(), "ok");
+        let res = http
+            .send(method, "/socket.io/", body())
+            .await
+            .map(|r| r.text().to_owned());
+        (res, retried.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn unanswered_get_on_a_reused_connection_is_sent_again() {
+        let (res, retried) = second_request(Method::GET, Second::CloseUnanswered).await;
+        assert_eq!(res.unwrap(), "ok2");
+        assert_eq!(retried, 1);
+    }
+
+    #[tokio::test]
+    async fn unanswered_post_that_was_sent_is_not_sent_again() {
+        let (res, retried) = second_request(Method::POST, Second::CloseUnanswered).await;
+        assert!(res.is_err(), "{res:?}");
+        assert_eq!(retried, 0, "the server may have acted on that POST");
+    }
+
+    #[tokio::test]
+    async fn a_cut_response_is_not_hidden_by_a_retry() {
+        let (res, retried) = second_request(Method::GET, Second::CutResponse).await;
+        assert!(res.is_err(), "{res:?}");
+        assert_eq!(retried, 0);
     }
 }

@@ -19,6 +19,10 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +30,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -83,6 +87,88 @@ pub struct HttpConn {
     host: HeaderValue,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
+    io: Arc<IoCounters>,
+}
+
+/// What the connection's socket saw, so a failed request can tell whether the server had
+/// started answering it.
+#[derive(Debug, Default)]
+struct IoCounters {
+    /// Bytes read from the server so far.
+    read: AtomicU64,
+    /// A write to the server failed since the flag was last cleared.
+    write_failed: AtomicBool,
+}
+
+/// A TCP stream that counts what it reads and notes failed writes (see [`IoCounters`]).
+#[derive(Debug)]
+struct Counted {
+    tcp: TcpStream,
+    io: Arc<IoCounters>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.io.read.fetch_add(n as u64, Ordering::Release);
+        res
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = &res {
+            self.io.write_failed.store(true, Ordering::Release);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Err(_)) = &res {
+            self.io.write_failed.store(true, Ordering::Release);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A request that failed on a kept-alive connection, with what is known about how far it got.
+#[derive(Debug)]
+pub(crate) struct SendFailure {
+    /// The error.
+    pub error: Error,
+    /// The request never reached the server: the connection refused it before writing it, or
+    /// writing it failed.
+    pub not_sent: bool,
+    /// Not one byte of a response arrived before the failure.
+    pub no_response: bool,
 }
 
 impl Drop for HttpConn {
@@ -97,7 +183,12 @@ impl HttpConn {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let local_addr = tcp.local_addr()?;
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        let io = Arc::new(IoCounters::default());
+        let counted = Counted {
+            tcp,
+            io: io.clone(),
+        };
+        let (sender, conn) = http1::handshake(TokioIo::new(counted)).await?;
         let conn_task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::trace!("http connection ended: {e}");
@@ -111,6 +202,7 @@ impl HttpConn {
             host,
             peer_addr: addr,
             local_addr,
+            io,
         })
     }
 
@@ -182,16 +274,46 @@ impl HttpConn {
 
     /// Sends a prepared request (must carry a `Host` header).
     pub(crate) async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<RawResponse> {
+        self.send_tracked(req).await.map_err(|f| f.error)
+    }
+
+    /// Like [`send`](Self::send), but a failure says whether the request left this client and
+    /// whether any byte of a response arrived, so the caller can tell "the server closed this
+    /// idle connection under our feet" from "the server failed while answering".
+    pub(crate) async fn send_tracked(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> std::result::Result<RawResponse, SendFailure> {
         if self.sender.ready().await.is_err() {
-            return Err(Error::Closed("the HTTP connection is closed".into()));
+            return Err(SendFailure {
+                error: Error::Closed("the HTTP connection is closed".into()),
+                not_sent: true,
+                no_response: true,
+            });
         }
-        let res = self.sender.send_request(req).await?;
+        let read_before = self.io.read.load(Ordering::Acquire);
+        self.io.write_failed.store(false, Ordering::Release);
+        let res = match self.sender.try_send_request(req).await {
+            Ok(res) => res,
+            Err(mut e) => {
+                let returned = e.take_message().is_some();
+                return Err(SendFailure {
+                    not_sent: returned || self.io.write_failed.load(Ordering::Acquire),
+                    no_response: self.io.read.load(Ordering::Acquire) == read_before,
+                    error: e.into_error().into(),
+                });
+            }
+        };
         let (parts, body) = res.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let body = body.collect().await.map_err(|e| SendFailure {
+            error: e.into(),
+            not_sent: false,
+            no_response: false,
+        })?;
         Ok(RawResponse {
             status: parts.status.as_u16(),
             headers: parts.headers,
-            body,
+            body: body.to_bytes(),
         })
     }
 }

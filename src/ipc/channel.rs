@@ -5,20 +5,21 @@
 //! receiver checks that exactly that many descriptors arrived (and that the kernel did not
 //! truncate the control data, `MSG_CTRUNC`), so a descriptor can never be silently lost or
 //! attached to the wrong message. Descriptors are received with `MSG_CMSG_CLOEXEC`, because
-//! `FD_CLOEXEC` is per descriptor and does not travel with `SCM_RIGHTS`.
+//! `FD_CLOEXEC` is per descriptor and does not travel with `SCM_RIGHTS`. When a message is
+//! refused (truncated, manifest mismatch, undecodable), every descriptor that did arrive with it
+//! is closed, and the error says whether the channel can go on
+//! ([`IpcError::is_recoverable`](super::IpcError::is_recoverable)).
 //!
 //! The primary talks to each worker over one such channel: client connections, session
 //! registrations, look-ups, readiness and heartbeats. Bulk adapter traffic uses a separate byte
 //! stream (see [`frame`](super::frame)) so a large broadcast never delays a connection hand-off.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -70,7 +71,7 @@ impl<M> Clone for Sender<M> {
 pub struct Receiver<M> {
     sock: Arc<Socket>,
     buf: Box<[u8]>,
-    cmsg: Vec<u8>,
+    cmsg: CmsgBuf,
     _msg: PhantomData<fn() -> M>,
 }
 
@@ -106,7 +107,7 @@ pub fn channel<Out, In>(fd: OwnedFd) -> Result<(Sender<Out>, Receiver<In>), IpcE
         Receiver {
             sock,
             buf: vec![0u8; MAX_MESSAGE + 1].into_boxed_slice(),
-            cmsg: nix::cmsg_space!([RawFd; MAX_FDS]),
+            cmsg: CmsgBuf::for_fds(MAX_FDS),
             _msg: PhantomData,
         },
     ))
@@ -185,7 +186,7 @@ impl<M: DeserializeOwned> Receiver<M> {
                 .map_err(|e| IpcError::Socket("wait readable", e))?;
             let buf = &mut self.buf;
             let cmsg = &mut self.cmsg;
-            let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg.as_mut_slice()));
+            let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg));
             match res {
                 Ok(Ok(Ok(None))) => return Ok(None),
                 Ok(Ok(Ok(Some((len, fds))))) => {
@@ -213,42 +214,45 @@ type Received = Option<(usize, Vec<OwnedFd>)>;
 
 /// One `recvmsg`; `Ok(None)` on EOF. Runs inside `try_io`, so `WouldBlock` must surface as an
 /// `io::Error` for tokio to clear readiness; everything else is wrapped as `Ok(Err(..))`.
+///
+/// The control buffer is walked here rather than with nix's `RecvMsg::cmsgs()`: nix 0.30
+/// refuses to iterate (`ENOBUFS`) when `MSG_CTRUNC` is set, yet the kernel has already installed
+/// every descriptor that fitted into this process's table. Each of them is wrapped in an
+/// [`OwnedFd`] (and so closed when the error is reported) before truncation is checked.
 fn recv_one(
     fd: RawFd,
     buf: &mut [u8],
-    cmsg: &mut [u8],
+    cmsg: &mut CmsgBuf,
 ) -> std::io::Result<Result<Received, IpcError>> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = match socket::recvmsg::<()>(
-        fd,
-        &mut iov,
-        Some(cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(msg) => msg,
-        Err(nix::errno::Errno::EAGAIN) => return Err(std::io::ErrorKind::WouldBlock.into()),
-        Err(nix::errno::Errno::ECONNRESET) => return Ok(Ok(None)),
-        Err(e) => return Ok(Err(IpcError::Socket("recvmsg", e.into()))),
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    let len = msg.bytes;
-    // Take ownership of every received descriptor first, so none leaks on an error path.
-    let mut fds = Vec::new();
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                for r in raw {
-                    // SAFETY: the kernel just installed `r` in our descriptor table for this
-                    // message (SCM_RIGHTS); nothing else refers to it, so we are its only owner.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                }
-            }
-        }
+    // SAFETY: an all-zero msghdr is valid (null name and control, zero lengths).
+    let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    mhdr.msg_iov = &mut iov;
+    mhdr.msg_iovlen = 1;
+    mhdr.msg_control = cmsg.as_mut_ptr();
+    mhdr.msg_controllen = cmsg.len() as _;
+    // SAFETY: `mhdr` points at one iovec covering `buf` and at the control buffer, both valid
+    // for writes of the given lengths for the whole call; no address is requested.
+    let n = unsafe { libc::recvmsg(fd, &mut mhdr, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Some(libc::ECONNRESET) => Ok(Ok(None)),
+            _ => Ok(Err(IpcError::Socket("recvmsg", e))),
+        };
     }
-    if truncated {
+    let len = n as usize;
+    // Take ownership of every received descriptor first, so none leaks on an error path.
+    let fds = take_fds(&mhdr);
+    if mhdr.msg_flags & libc::MSG_CTRUNC != 0 {
+        drop(fds);
         return Ok(Err(IpcError::Truncated("control data (MSG_CTRUNC)")));
     }
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+    if mhdr.msg_flags & libc::MSG_TRUNC != 0 {
         return Ok(Err(IpcError::Truncated("message (MSG_TRUNC)")));
     }
     if len == 0 {
@@ -256,6 +260,94 @@ fn recv_one(
         return Ok(Ok(None));
     }
     Ok(Ok(Some((len, fds))))
+}
+
+/// Every `SCM_RIGHTS` descriptor in the control data `recvmsg` just filled in, owned.
+fn take_fds(mhdr: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    let start = mhdr.msg_control as usize;
+    // `msg_controllen` is `size_t` with glibc but `socklen_t` with musl.
+    #[allow(clippy::unnecessary_cast)]
+    let end = start + mhdr.msg_controllen as usize;
+    // SAFETY: `mhdr` was just filled in by a successful recvmsg; `msg_control` and the
+    // `msg_controllen` it set describe the control data the kernel wrote (possibly truncated,
+    // but always whole headers), which is exactly what CMSG_FIRSTHDR/CMSG_NXTHDR walk.
+    let mut hdr = unsafe { libc::CMSG_FIRSTHDR(mhdr) };
+    while !hdr.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying wholly inside the control
+        // buffer, which is aligned for `cmsghdr` (see `CmsgBuf`).
+        let h = unsafe { &*hdr };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA points just past the header, inside the same buffer.
+            let data = unsafe { libc::CMSG_DATA(hdr) } as usize;
+            // SAFETY: CMSG_LEN is a pure size computation.
+            let header_len = unsafe { libc::CMSG_LEN(0) } as usize;
+            // Never read past what the kernel wrote, whatever the header claims.
+            let payload = (h.cmsg_len as usize)
+                .saturating_sub(header_len)
+                .min(end.saturating_sub(data));
+            for i in 0..payload / std::mem::size_of::<RawFd>() {
+                // SAFETY: `data + i * 4 + 4 <= end`, inside the control buffer; the descriptor
+                // array need not be aligned, hence read_unaligned.
+                let raw = unsafe { std::ptr::read_unaligned((data as *const RawFd).add(i)) };
+                // SAFETY: the kernel just installed `raw` in our descriptor table for this
+                // message (SCM_RIGHTS); nothing else refers to it, so we are its only owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+        // SAFETY: `hdr` is a header inside the control data described by `mhdr`.
+        hdr = unsafe { libc::CMSG_NXTHDR(mhdr, hdr) };
+    }
+    fds
+}
+
+/// A control-message buffer aligned for `cmsghdr` (a `Vec<u8>` only promises byte alignment).
+#[derive(Debug)]
+struct CmsgBuf {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl CmsgBuf {
+    /// Room for one `SCM_RIGHTS` message of `fds` descriptors.
+    fn for_fds(fds: usize) -> Self {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let len = unsafe { libc::CMSG_SPACE((fds * std::mem::size_of::<RawFd>()) as u32) } as usize;
+        Self::with_len(len)
+    }
+
+    /// Exactly `len` bytes of control space.
+    fn with_len(len: usize) -> Self {
+        Self {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        self.words.as_mut_ptr().cast()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl IpcError {
+    /// Whether the error concerns one message only, which the receiver can drop (its
+    /// descriptors are already closed) and go on with the next: truncation, a descriptor count
+    /// that does not match the manifest, a message that cannot be decoded or encoded. Socket
+    /// failures and a closed peer end the channel.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            IpcError::Truncated(_)
+            | IpcError::Manifest { .. }
+            | IpcError::Decode(_)
+            | IpcError::Encode(_)
+            | IpcError::TooLarge(_) => true,
+            IpcError::Socket(..) | IpcError::Closed => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +435,94 @@ mod tests {
             }) => {}
             other => panic!("unexpected: {other:?}"),
         }
+    }
+
+    /// Reads from `s` until EOF; panics if the stream is still open after a few seconds (its
+    /// other end, a descriptor we passed, was leaked somewhere).
+    fn assert_peer_closed(s: &mut std::os::unix::net::UnixStream, what: &str) {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            other => panic!("{what}: the passed descriptor is still open somewhere: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_descriptors_are_closed_and_the_channel_goes_on() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (tx, _rx_a) = channel::<u32, u32>(a).unwrap();
+        let (_tx_b, mut rx) = channel::<u32, u32>(b).unwrap();
+        // Room for one descriptor only: the kernel installs what fits, sets MSG_CTRUNC and
+        // discards the rest.
+        rx.cmsg = CmsgBuf::for_fds(1);
+        let mut pairs: Vec<_> = (0..6)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        {
+            let sent: Vec<OwnedFd> = pairs
+                .iter()
+                .map(|(_, r)| r.try_clone().unwrap().into())
+                .collect();
+            let borrowed: Vec<_> = sent.iter().map(|f| f.as_fd()).collect();
+            tx.send(&1, &borrowed).await.unwrap();
+        }
+        // The test's own copies of the passed ends go too: only the receiver may hold them now.
+        let mut mine: Vec<_> = pairs.drain(..).map(|(l, _)| l).collect();
+        let err = rx.recv().await.unwrap_err();
+        assert!(
+            matches!(err, IpcError::Truncated(_)),
+            "unexpected error: {err:?}"
+        );
+        assert!(err.is_recoverable());
+        for (i, s) in mine.iter_mut().enumerate() {
+            assert_peer_closed(s, &format!("descriptor {i}"));
+        }
+        // The bad message is gone; the next one arrives normally.
+        rx.cmsg = CmsgBuf::for_fds(MAX_FDS);
+        tx.send(&2, &[]).await.unwrap();
+        let (msg, fds) = rx.recv().await.unwrap().unwrap();
+        assert_eq!((msg, fds.len()), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn descriptors_of_a_refused_message_are_closed() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (_tx, mut rx) = channel::<u8, u8>(b).unwrap();
+        let (mut mine, passed) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Announces two descriptors, carries one.
+        let data = [2u8, 7];
+        let iov = [IoSlice::new(&data)];
+        let raw = [passed.as_raw_fd()];
+        socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(passed);
+        let err = rx.recv().await.unwrap_err();
+        assert!(matches!(
+            err,
+            IpcError::Manifest {
+                expected: 2,
+                got: 1
+            }
+        ));
+        assert!(err.is_recoverable());
+        assert_peer_closed(&mut mine, "manifest mismatch");
+        drop(a);
+        let err = rx.recv().await;
+        assert!(matches!(err, Ok(None)), "{err:?}");
+    }
+
+    #[test]
+    fn channel_failures_are_not_recoverable() {
+        assert!(!IpcError::Closed.is_recoverable());
+        assert!(!IpcError::Socket("recvmsg", std::io::Error::other("x")).is_recoverable());
     }
 
     #[tokio::test]

@@ -7,13 +7,14 @@
 //! (head not complete yet, worker queue full) moves the connection to its own task, which peeks
 //! until the head is complete ([`peek_head`]), so the loop itself never waits on a client. How
 //! many connections may wait for their head at once is bounded; beyond that a connection is
-//! answered 503 at once, so a flood of idle connections never stalls the loop or exhausts
-//! descriptors.
+//! answered 503 at once (then half-closed and drained on a short task, itself bounded, so the
+//! unread request does not turn the close into a reset that loses the 503), so a flood of idle
+//! connections never stalls the loop or exhausts descriptors.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -160,8 +161,66 @@ fn to_task(
                     "too many connections waiting for a request head; answering 503 (raise --max-pending-heads?)"
                 );
             }
-            use std::io::Write;
-            let _ = (&std).write(SERVICE_UNAVAILABLE);
+            refuse(std);
+        }
+    }
+}
+
+/// Most refused connections lingering at once (each holds a descriptor for up to
+/// [`DRAIN_TIME`] while its request is drained); beyond that they are closed after a
+/// non-blocking drain of what already arrived.
+const MAX_LINGERING: usize = 1024;
+
+/// Connections currently being answered 503 and drained.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a lingering refusal for as long as it lives.
+struct Lingering;
+
+impl Lingering {
+    fn try_new() -> Option<Self> {
+        LINGERING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Lingering)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers 503 to a connection that cannot wait for its head, without making the accept loop
+/// wait: the client's request is still unread, and closing over unread bytes makes the kernel
+/// send a reset that can destroy the 503 before the client reads it. So the response goes
+/// through [`respond_and_close`] on its own task (write, half-close, drain, close).
+fn refuse(std: std::net::TcpStream) {
+    if let Some(lingering) = Lingering::try_new() {
+        match TcpStream::from_std(std) {
+            Ok(stream) => {
+                tokio::spawn(async move {
+                    respond_and_close(stream, SERVICE_UNAVAILABLE).await;
+                    drop(lingering);
+                });
+            }
+            Err(e) => tracing::debug!("cannot register a refused connection: {e}"),
+        }
+        return;
+    }
+    // Too many already lingering: answer, half-close and discard what has arrived so far,
+    // all non-blocking, so the close is a FIN unless the client sends more meanwhile.
+    use std::io::{Read, Write};
+    let _ = (&std).write(SERVICE_UNAVAILABLE);
+    let _ = std.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match (&std).read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }
@@ -239,11 +298,16 @@ pub(crate) async fn serve_connection(
     drop(permit);
 }
 
+/// How long [`respond_and_close`] discards what a client still sends after its response.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
 /// Writes a short response without ever blocking on the client, then closes gently: our write
 /// side first, then discard what the client still sends for a moment, so the response is not
 /// lost to a reset caused by unread bytes.
 pub(crate) async fn respond_and_close(mut stream: TcpStream, response: &[u8]) {
-    let _ = stream.try_write(response);
+    // A stream registered just now has no readiness yet (`try_write` would see WouldBlock):
+    // wait for it, bounded. The response is tiny and always fits the socket buffer.
+    let _ = tokio::time::timeout(DRAIN_TIME, stream.write_all(response)).await;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     let drain = async {
@@ -255,5 +319,5 @@ pub(crate) async fn respond_and_close(mut stream: TcpStream, response: &[u8]) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }

@@ -219,6 +219,8 @@ fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// `recv(MSG_PEEK | MSG_DONTWAIT)`: copies what has arrived without consuming it.
 pub(crate) fn peek_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
+    #[cfg(test)]
+    tests::PEEKS.with(|n| n.set(n.get() + 1));
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call, and the
     // descriptor is kept open by the borrow.
     let n = unsafe {
@@ -239,6 +241,11 @@ pub(crate) fn peek_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// `MSG_PEEK` calls made on this thread (a `#[tokio::test]` runs on one thread).
+        pub(super) static PEEKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     fn rules() -> HeadRules {
         HeadRules {
@@ -334,8 +341,17 @@ mod tests {
         });
         let (s, _) = listener.accept().await.unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let before = PEEKS.with(|n| n.get());
         let h = peek_head(&s, &rules(), deadline).await.unwrap();
+        let peeks = PEEKS.with(|n| n.get()) - before;
         assert_eq!(h.sid.unwrap().as_str(), "EsPJiCvFMpyNdJz2");
+        // One peek per arrival of bytes (plus maybe one spurious wake-up), not one per loop
+        // turn: a loop that re-peeks without waiting for new bytes makes thousands of calls in
+        // the 200 ms gap.
+        assert!(
+            peeks <= 5,
+            "{peeks} peeks for a head sent in two pieces: the wait spins"
+        );
         // Nothing was consumed: the whole head is still readable.
         let mut buf = vec![0u8; 4096];
         s.readable().await.unwrap();

@@ -38,9 +38,17 @@ impl Control {
         tokio::spawn(async move {
             while let Some((msg, fd)) = rx.recv().await {
                 let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
-                if let Err(e) = sender.send(&msg, &fds).await {
-                    tracing::error!("cannot reach the primary: {e}; exiting");
-                    std::process::exit(1);
+                match sender.send(&msg, &fds).await {
+                    Ok(()) => {}
+                    // One message the channel refuses (too large, unencodable): the primary
+                    // never sees it, the request waiting for its reply times out.
+                    Err(e) if e.is_recoverable() => {
+                        tracing::warn!("dropped a message to the primary: {e}");
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot reach the primary: {e}; exiting");
+                        std::process::exit(1);
+                    }
                 }
                 // Our copy of a passed descriptor closes here.
             }

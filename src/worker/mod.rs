@@ -409,6 +409,10 @@ where
                 tracing::info!("the primary is gone; exiting");
                 std::process::exit(0);
             }
+            Err(e) if e.is_recoverable() => {
+                tracing::warn!("dropped a bad message from the primary: {e}");
+                continue;
+            }
             Err(e) => {
                 tracing::error!("control channel failed: {e}; exiting");
                 std::process::exit(1);
