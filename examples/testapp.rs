@@ -84,6 +84,9 @@ struct Ctx {
     worker: String,
     pid: u32,
     servers: Servers,
+    /// The adapter's request timeout (zero standalone): how long past its own timeout a
+    /// broadcast with ack may still deliver answers from other workers.
+    request_timeout: Duration,
 }
 
 /// Where `server_count` comes from.
@@ -106,12 +109,14 @@ fn main() -> anyhow::Result<()> {
     if standalone {
         return standalone::run(config);
     }
-    sio_cluster::run(config, |w: Worker| async move {
+    let request_timeout = Duration::from_millis(config.request_timeout_ms);
+    sio_cluster::run(config, move |w: Worker| async move {
         let Worker { io, info, cluster } = w;
         let _ = CTX.set(Ctx {
             worker: info.index.to_string(),
             pid: info.pid,
             servers: Servers::Cluster(cluster),
+            request_timeout,
         });
         for ns in NAMESPACES {
             io.ns(
@@ -169,6 +174,7 @@ mod standalone {
             worker: "0".into(),
             pid: std::process::id(),
             servers: Servers::Standalone,
+            request_timeout: Duration::ZERO,
         });
         for ns in NAMESPACES {
             // The local adapter initialises synchronously: nothing to await.
@@ -290,6 +296,7 @@ async fn register_handlers<A: Adapter>(s: SocketRef<A>) -> Result<(), Infallible
     // Beyond the shared protocol, for the adapter tests:
     s.on("volatile_to_all", on_volatile_to_all::<A>);
     s.on("sockets", on_sockets::<A>);
+    s.on("server_id", on_server_id::<A>);
     s.on("room_leave", on_room_leave::<A>);
     s.on("hog", on_hog::<A>);
     Ok(())
@@ -453,40 +460,64 @@ async fn on_server_count<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
 
 /// Emits `ask` to every other socket of the namespace, on every worker, and acks how many
 /// answered and how many did not within the timeout.
+///
+/// Every socket the cluster reports is counted once, as an ack or a timeout: the sockets
+/// targeted are fetched alongside the broadcast (the same operator, so the same sockets), and
+/// the answers are awaited until the ack stream ends, which it does once every worker's answers
+/// are in or after the timeout plus the adapter's request timeout (a worker that answers late,
+/// after our own timeout, is still counted). A socket targeted but not heard from is a timeout;
+/// the sockets of a worker that answered neither within the request timeout are unknown here.
 async fn on_ack_all<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
     let timeout = Duration::from_millis(args.get(0).as_u64().unwrap_or(DEFAULT_ACK_ALL_MS));
-    let stream = s
-        .broadcast()
-        .timeout(timeout)
-        .emit_with_ack::<_, Args>("ask", &Args::default())
-        .await;
-    let mut stream = match stream {
-        Ok(stream) => std::pin::pin!(stream),
-        Err(e) => return send_error(ack, "ack_all", e),
-    };
-    let (mut acks, mut failed) = (0usize, 0usize);
-    // The stream ends once everyone answered or the timeout passed; the margin only guards
-    // against a stream that never ends.
-    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some((_, Ok(_)))) => acks += 1,
-            // A reply that did not decode is still a reply.
-            Ok(Some((_, Err(socketioxide::AckError::Decode(_))))) => acks += 1,
-            Ok(Some((_, Err(_)))) => failed += 1,
-            Ok(None) => break,
-            Err(_) => {
-                tracing::warn!(sid = %s.id, "ack_all: ack stream still open after the timeout");
-                break;
+    let targeted = async {
+        match s.broadcast().fetch_sockets().await {
+            Ok(sockets) => sockets.len(),
+            Err(e) => {
+                tracing::warn!(sid = %s.id, "ack_all: fetch_sockets: {e}");
+                0
             }
         }
-    }
-    // Every socket asked yields exactly one item: its reply, or an error when it did not answer
-    // in time (or its worker died before it could).
-    tracing::debug!(sid = %s.id, acks, failed, "ack_all");
+    };
+    let asked = async {
+        let stream = s
+            .broadcast()
+            .timeout(timeout)
+            .emit_with_ack::<_, Args>("ask", &Args::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = std::pin::pin!(stream);
+        let (mut acks, mut failed) = (0usize, 0usize);
+        // The stream ends by itself; the margin only guards against one that never does.
+        let deadline =
+            tokio::time::Instant::now() + timeout + ctx().request_timeout + Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some((_, Ok(_)))) => acks += 1,
+                // A reply that did not decode is still a reply.
+                Ok(Some((_, Err(socketioxide::AckError::Decode(_))))) => acks += 1,
+                // No reply in time, or the socket's worker died before it answered.
+                Ok(Some((_, Err(_)))) => failed += 1,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(sid = %s.id, "ack_all: ack stream still open after the timeout");
+                    break;
+                }
+            }
+        }
+        Ok::<_, String>((acks, failed))
+    };
+    let (targeted, asked) = tokio::join!(targeted, asked);
+    let (acks, failed) = match asked {
+        Ok(counts) => counts,
+        Err(e) => return send_error(ack, "ack_all", e),
+    };
+    // Sockets targeted that the stream never mentioned (their worker did not announce them in
+    // time) did not answer either.
+    let timeouts = failed.max(targeted.saturating_sub(acks));
+    tracing::debug!(sid = %s.id, acks, failed, targeted, "ack_all");
     send_ack(
         ack,
-        &serde_json::json!({ "acks": acks, "timeouts": failed }),
+        &serde_json::json!({ "acks": acks, "timeouts": timeouts }),
     );
 }
 
@@ -605,8 +636,10 @@ async fn on_volatile_to_all<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, Data(a
     }
 }
 
-/// `fetch_sockets` data: `[{"id", "rooms"}]` of the sockets in a room (or all), across the
-/// cluster, sorted by id; each socket's rooms are asked from its own worker.
+/// `fetch_sockets` data: `[{"id", "rooms", "server", "ns"}]` of the sockets in a room (or all),
+/// across the cluster, sorted by id: `server` is the server id of the socket's worker (what
+/// `server_id` answers there), `ns` its namespace; each socket's rooms are asked from its own
+/// worker.
 async fn on_sockets<A: Adapter>(
     s: SocketRef<A>,
     io: SocketIo<A>,
@@ -631,14 +664,27 @@ async fn on_sockets<A: Adapter>(
             Err(e) => return send_error(ack, "sockets", e),
         };
         rooms.sort();
-        out.push((remote.data().id.to_string(), rooms));
+        let data = remote.data();
+        out.push((
+            data.id.to_string(),
+            rooms,
+            data.server_id.to_string(),
+            data.ns.to_string(),
+        ));
     }
     out.sort();
     let out: Vec<_> = out
         .into_iter()
-        .map(|(id, rooms)| serde_json::json!({ "id": id, "rooms": rooms }))
+        .map(|(id, rooms, server, ns)| {
+            serde_json::json!({ "id": id, "rooms": rooms, "server": server, "ns": ns })
+        })
         .collect();
     send_ack(ack, &out);
+}
+
+/// `server_id`: acks this worker's adapter server id (`server` in `sockets` data).
+async fn on_server_id<A: Adapter>(io: SocketIo<A>, ack: AckSender<A>) {
+    send_ack(ack, &io.config().server_id.to_string());
 }
 
 /// `io.to(src).leave(dst)`: every socket in src, on every worker, leaves dst.

@@ -8,7 +8,7 @@
 mod ipc;
 pub mod redis;
 mod tracker;
-mod wire;
+pub(crate) mod wire;
 
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::CustomRedisAdapter;
@@ -44,6 +44,19 @@ pub enum DriverError {
     /// From the IPC bus.
     #[error(transparent)]
     Ipc(#[from] IpcDriverError),
+}
+
+impl ClusterDriver {
+    /// Number of servers subscribed to `chan` (the adapter's request channel of a namespace),
+    /// this one included. Unlike [`Driver::num_serv`], which the adapter calls right before
+    /// publishing a request, it keeps nothing for a request to come: use it for an application's
+    /// own counts.
+    pub async fn server_count(&self, chan: &str) -> Result<u16, DriverError> {
+        match self {
+            ClusterDriver::Ipc(d) => Ok(d.server_count(chan).await?),
+            ClusterDriver::Redis(d) => Ok(infallible(d.num_serv(chan).await)),
+        }
+    }
 }
 
 impl Driver for ClusterDriver {

@@ -6,6 +6,11 @@
 //! `Undeliverable` when a request could not be queued for a target. The tracker then produces the
 //! answers that worker will never send (no rooms, no sockets, no acks / lost acks) and the request
 //! completes at once with the survivors' answers.
+//!
+//! The primary also reports `Undeliverable` when it had to drop one of a worker's *answers* (this
+//! worker's own bus queue was full). That worker is then given up on for the request like a dead
+//! one, and whatever it still sends for the request is filtered out, so the adapter never counts
+//! an answer twice.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +28,15 @@ enum Owed {
     Acks { expected: u32, got: u32 },
     /// Complete.
     Nothing,
+    /// Given up on (dead, unreachable, or one of its answers was lost): stand-ins were produced
+    /// for what it owed, and anything it still sends for this request is dropped.
+    Abandoned,
+}
+
+impl Owed {
+    fn done(self) -> bool {
+        matches!(self, Owed::Nothing | Owed::Abandoned)
+    }
 }
 
 #[derive(Debug)]
@@ -80,17 +94,22 @@ impl Tracker {
         );
     }
 
-    /// Accounts for a response received on one of this worker's response channels.
-    pub fn on_response(&mut self, payload: &[u8]) {
+    /// Accounts for a response received on one of this worker's response channels; `false` when
+    /// it must not reach the adapter (its sender was already given up on for this request, and
+    /// stand-ins took the place of its answers).
+    pub fn on_response(&mut self, payload: &[u8]) -> bool {
         let Some(h) = wire::peek_response(payload) else {
-            return;
+            return true;
         };
         let Some(p) = self.reqs.get_mut(h.req_id) else {
-            return;
+            return true;
         };
         let Some((_, owed)) = p.targets.values_mut().find(|(uid, _)| uid == h.node_id) else {
-            return;
+            return true;
         };
+        if *owed == Owed::Abandoned {
+            return false;
+        }
         *owed = match (*owed, h.kind, h.count) {
             (Owed::Everything, response::BROADCAST_ACK_COUNT, Some(0)) => Owed::Nothing,
             (Owed::Everything, response::BROADCAST_ACK_COUNT, Some(n)) => Owed::Acks {
@@ -107,9 +126,10 @@ impl Tracker {
             (Owed::Everything, _, _) if p.kind != kind::BROADCAST_WITH_ACK => Owed::Nothing,
             (other, _, _) => other,
         };
-        if p.targets.values().all(|(_, o)| *o == Owed::Nothing) {
+        if p.targets.values().all(|(_, o)| o.done()) {
             self.reqs.remove(h.req_id);
         }
+        true
     }
 
     /// `member` is gone: produce everything it still owed, for every request.
@@ -123,7 +143,7 @@ impl Tracker {
         ids.iter().flat_map(|id| self.give_up(id, member)).collect()
     }
 
-    /// Request `req_id` never reached `member`.
+    /// Request `req_id` never reached `member`, or one of `member`'s answers to it was dropped.
     pub fn undeliverable(&mut self, req_id: &str, member: MemberId) -> Vec<Injection> {
         self.give_up(req_id, member)
     }
@@ -135,16 +155,14 @@ impl Tracker {
         let Some((uid, owed)) = p.targets.get_mut(&member) else {
             return Vec::new();
         };
-        let stands: Vec<Stand> = match (*owed, p.kind) {
-            (Owed::Nothing, _) => Vec::new(),
-            (Owed::Everything, kind::ALL_ROOMS) => vec![Stand::NoRooms],
-            (Owed::Everything, kind::FETCH_SOCKETS) => vec![Stand::NoSockets],
-            (Owed::Everything, _) => vec![Stand::NoAcks],
-            (Owed::Acks { expected, got }, _) => {
+        let stands: Vec<Stand> = match *owed {
+            Owed::Nothing | Owed::Abandoned => return Vec::new(),
+            Owed::Everything => vec![Stand::for_absent(p.kind)],
+            Owed::Acks { expected, got } => {
                 vec![Stand::LostAck; expected.saturating_sub(got) as usize]
             }
         };
-        *owed = Owed::Nothing;
+        *owed = Owed::Abandoned;
         let out = stands
             .into_iter()
             .filter_map(|s| wire::encode_stand_in(req_id, uid, s))
@@ -153,7 +171,7 @@ impl Tracker {
                 payload,
             })
             .collect();
-        if p.targets.values().all(|(_, o)| *o == Owed::Nothing) {
+        if p.targets.values().all(|(_, o)| o.done()) {
             self.reqs.remove(req_id);
         }
         out
@@ -175,6 +193,12 @@ impl Tracker {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.reqs.len()
+    }
+
+    /// When request `req_id` stops being tracked.
+    #[cfg(test)]
+    pub fn deadline(&self, req_id: &str) -> Option<Instant> {
+        self.reqs.get(req_id).map(|p| p.deadline)
     }
 }
 
@@ -221,10 +245,10 @@ mod tests {
             [(MemberId(2), b.to_string()), (MemberId(3), c.to_string())],
             Duration::from_secs(10),
         );
-        t.on_response(&count(req, b, 2));
-        t.on_response(&ack(req, b));
-        t.on_response(&count(req, c, 1));
-        t.on_response(&ack(req, c));
+        assert!(t.on_response(&count(req, b, 2)));
+        assert!(t.on_response(&ack(req, b)));
+        assert!(t.on_response(&count(req, c, 1)));
+        assert!(t.on_response(&ack(req, c)));
         // c is complete; b owes one ack.
         let inj = t.member_down(MemberId(2));
         assert_eq!(inj.len(), 1);
@@ -265,6 +289,41 @@ mod tests {
     }
 
     #[test]
+    fn a_responder_whose_answer_was_lost_is_given_up_and_filtered() {
+        let req = Sid::new();
+        let (b, c) = (Uid::new(), Uid::new());
+        let mut t = Tracker::default();
+        t.track(
+            req.as_str(),
+            kind::BROADCAST_WITH_ACK,
+            "resp".into(),
+            [(MemberId(2), b.to_string()), (MemberId(3), c.to_string())],
+            Duration::from_secs(10),
+        );
+        assert!(t.on_response(&count(req, b, 3)));
+        assert!(t.on_response(&ack(req, b)));
+        assert!(t.on_response(&count(req, c, 1)));
+        // b's second ack was dropped by the primary: b owes two acks, produced as lost.
+        let inj = t.undeliverable(req.as_str(), MemberId(2));
+        assert_eq!(inj.len(), 2);
+        for i in &inj {
+            let h = wire::peek_response(&i.payload).unwrap();
+            assert_eq!(
+                (h.kind, h.node_id),
+                (response::BROADCAST_ACK, b.to_string().as_str())
+            );
+        }
+        // b's third ack still arrives: it must not reach the adapter (counted already).
+        assert!(!t.on_response(&ack(req, b)));
+        assert!(t.undeliverable(req.as_str(), MemberId(2)).is_empty());
+        // c is unaffected; its ack completes the request.
+        assert!(t.on_response(&ack(req, c)));
+        assert_eq!(t.len(), 0);
+        // Unknown requests pass through.
+        assert!(t.on_response(&ack(Sid::new(), b)));
+    }
+
+    #[test]
     fn answered_requests_are_forgotten() {
         let mut t = Tracker::default();
         let req = Sid::new();
@@ -284,7 +343,7 @@ mod tests {
             },
         ))
         .unwrap();
-        t.on_response(&rooms);
+        assert!(t.on_response(&rooms));
         assert_eq!(t.len(), 0);
         assert!(t.member_down(MemberId(5)).is_empty());
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::time::Duration;
 
 use socketioxide_core::adapter::remote_packet::{Response, ResponseType};
 use socketioxide_core::{Sid, Uid};
@@ -64,6 +65,28 @@ pub(crate) fn peek_request(data: &[u8]) -> Option<RequestHeader<'_>> {
     Some(RequestHeader { node_id, id, kind })
 }
 
+/// The ack timeout a request carries (the caller's `.timeout(..)` on a broadcast with ack), if
+/// any. Only called for requests that wait for acks: it walks the whole request (without
+/// copying), not just its head.
+pub(crate) fn peek_ack_timeout(data: &[u8]) -> Option<Duration> {
+    use serde::de::IgnoredAny;
+    /// `socketioxide-core`'s request layout; the timeout is the last field, omitted when unset.
+    /// Field names do not matter: structs are encoded as arrays.
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        _node_id: IgnoredAny,
+        _id: IgnoredAny,
+        _kind: IgnoredAny,
+        _packet: IgnoredAny,
+        _rooms: IgnoredAny,
+        _opts: IgnoredAny,
+        #[serde(default)]
+        ack_timeout_ms: Option<u64>,
+    }
+    let raw: Raw = rmp_serde::from_slice(data).ok()?;
+    raw.ack_timeout_ms.map(Duration::from_millis)
+}
+
 /// Leading fields of an encoded response (`[req_id, {node_id, [type, data]}]`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ResponseHeader<'a> {
@@ -117,6 +140,17 @@ pub(crate) enum Stand {
     NoAcks,
     /// One of the acks announced earlier: the socket is gone (`AckError::Socket(Closed)`).
     LostAck,
+}
+
+impl Stand {
+    /// What a target that never got a request of type `kind` (see [`kind`]) answers.
+    pub fn for_absent(kind: u8) -> Stand {
+        match kind {
+            kind::ALL_ROOMS => Stand::NoRooms,
+            kind::FETCH_SOCKETS => Stand::NoSockets,
+            _ => Stand::NoAcks,
+        }
+    }
 }
 
 /// Encodes a stand-in response exactly as `socketioxide-redis` encodes real ones.
@@ -190,6 +224,42 @@ mod tests {
             assert_eq!(h.kind, expect_kind);
             assert_eq!(h.expects_responses(), expects);
         }
+    }
+
+    #[test]
+    fn reads_the_ack_timeout_of_real_requests() {
+        let uid = Uid::new();
+        let opts = BroadcastOptions::new(Sid::new());
+        let packet = Packet::event("/", Value::Str("[\"ask\"]".into(), None));
+        let req = RequestOut::new(uid, RequestTypeOut::BroadcastWithAck(&packet), &opts)
+            .with_ack_timeout(Some(Duration::from_millis(90_000)));
+        let bytes = rmp_serde::to_vec(&req).unwrap();
+        assert_eq!(
+            peek_ack_timeout(&bytes),
+            Some(Duration::from_millis(90_000))
+        );
+        // Without a caller timeout the field is omitted (the remote uses its default).
+        let req = RequestOut::new(uid, RequestTypeOut::BroadcastWithAck(&packet), &opts);
+        let bytes = rmp_serde::to_vec(&req).unwrap();
+        assert_eq!(peek_ack_timeout(&bytes), None);
+        assert_eq!(peek_ack_timeout(b"\x92\xa1a\xa1b"), None);
+    }
+
+    #[test]
+    fn broadcast_flags_survive_the_request_encoding() {
+        use socketioxide_core::adapter::BroadcastFlags;
+        use socketioxide_core::adapter::remote_packet::RequestIn;
+        let mut opts = BroadcastOptions::new(Sid::new());
+        opts.add_flag(BroadcastFlags::Volatile);
+        opts.add_flag(BroadcastFlags::Broadcast);
+        let packet = Packet::event("/", Value::Str("[\"msg\"]".into(), None));
+        let req = RequestOut::new(Uid::new(), RequestTypeOut::Broadcast(&packet), &opts);
+        let bytes = rmp_serde::to_vec(&req).unwrap();
+        let back: RequestIn = rmp_serde::from_slice(&bytes).unwrap();
+        let back = back.opts.unwrap();
+        assert!(back.has_flag(BroadcastFlags::Volatile));
+        assert!(back.has_flag(BroadcastFlags::Broadcast));
+        assert!(!back.has_flag(BroadcastFlags::Local));
     }
 
     #[test]

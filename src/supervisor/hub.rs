@@ -8,8 +8,11 @@
 //! Each destination queue is bounded in bytes: a slow or stuck worker cannot make the primary's
 //! memory grow without limit or slow the others. What does not fit is dropped, counted and logged;
 //! a dropped request is reported to its sender as `Undeliverable`, so it does not wait for an
-//! answer that will not come. When a worker's bus closes (it exited), the others get `MemberDown`
-//! after everything it sent before.
+//! answer that will not come. A dropped *answer* (the requester's own queue is full) is reported
+//! the same way to the requester, naming the worker that answered: the requester gives that
+//! worker up for the request (its missing answers become "lost") instead of waiting for its
+//! timeout. These reports are a few bytes and bypass the limit. When a worker's bus closes (it
+//! exited), the others get `MemberDown` after everything it sent before.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +25,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use crate::adapter::wire;
 use crate::ipc::bus::{BusDown, BusUp, Member};
 use crate::ipc::frame::{self, FrameReader};
 use crate::ipc::message::MemberId;
@@ -33,6 +37,9 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     last_warn: Arc<Mutex<Option<Instant>>>,
+    /// Last (request, responder) whose dropped answer was reported: answers to one request come
+    /// in runs, one report is enough.
+    last_lost: Arc<Mutex<Option<(String, MemberId)>>>,
 }
 
 #[derive(Debug)]
@@ -92,6 +99,7 @@ impl Hub {
             queued: Arc::new(AtomicUsize::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
             last_warn: Arc::new(Mutex::new(None)),
+            last_lost: Arc::new(Mutex::new(None)),
         };
         self.state.write().unwrap().members.insert(
             member,
@@ -190,9 +198,20 @@ impl Hub {
                 };
                 match &request {
                     None => {
+                        // Read only if something is dropped: the request this is an answer to.
+                        let mut answers: Option<Option<&str>> = None;
                         for to in subs.iter().filter(|m| **m != from) {
-                            if let Some(m) = st.members.get(to) {
-                                let _ = self.push(*to, &m.outbox, frame.clone(), false);
+                            if let Some(m) = st.members.get(to)
+                                && let Push::Dropped =
+                                    self.push(*to, &m.outbox, frame.clone(), false)
+                                && let Some(req_id) = *answers.get_or_insert_with(|| {
+                                    chan.contains("-response#")
+                                        .then(|| wire::peek_response(payload))
+                                        .flatten()
+                                        .map(|h| h.req_id)
+                                })
+                            {
+                                self.answer_lost(*to, &m.outbox, req_id, from);
                             }
                         }
                     }
@@ -250,6 +269,33 @@ impl Hub {
             member: target,
         }) {
             let _ = self.push(requester, &m.outbox, f, true);
+        }
+    }
+
+    /// An answer of `responder` to request `req_id` was dropped on its way to `requester`: tell
+    /// the requester, which gives `responder` up for that request.
+    fn answer_lost(&self, requester: MemberId, outbox: &Outbox, req_id: &str, responder: MemberId) {
+        {
+            let mut last = outbox.last_lost.lock().unwrap();
+            if last
+                .as_ref()
+                .is_some_and(|(r, m)| r == req_id && *m == responder)
+            {
+                return;
+            }
+            *last = Some((req_id.to_owned(), responder));
+        }
+        tracing::debug!(
+            worker = %requester,
+            from = %responder,
+            req_id,
+            "an answer to this worker's request was dropped; it gives the responder up"
+        );
+        if let Ok(f) = frame::encode(&BusDown::Undeliverable {
+            req_id: Cow::Borrowed(req_id),
+            member: responder,
+        }) {
+            let _ = self.push(requester, outbox, f, true);
         }
     }
 
@@ -364,7 +410,8 @@ mod tests {
                     format!("deliver {chan} {}", String::from_utf8_lossy(payload))
                 }
                 BusDown::NumServReply { members, .. } => {
-                    let ids: Vec<_> = members.iter().map(|m| m.id.0).collect();
+                    let mut ids: Vec<_> = members.iter().map(|m| m.id.0).collect();
+                    ids.sort_unstable();
                     format!("numserv {ids:?}")
                 }
                 BusDown::MemberDown { member } => format!("down {}", member.0),
@@ -376,14 +423,70 @@ mod tests {
     }
 
     fn join(hub: &Arc<Hub>, id: u32) -> Peer {
+        let peer = attach(hub, id);
+        hub.set_ready(MemberId(id), format!("uid{id}"));
+        peer
+    }
+
+    /// On the bus but not ready yet (a worker still starting).
+    fn attach(hub: &Arc<Hub>, id: u32) -> Peer {
         let (a, b) = UnixStream::pair().unwrap();
         hub.attach(MemberId(id), a);
-        hub.set_ready(MemberId(id), format!("uid{id}"));
         let (rd, wr) = b.into_split();
         Peer {
             wr,
             rd: FrameReader::new(rd),
         }
+    }
+
+    fn request<'a>(req_id: &'a str, targets: &'a [MemberId]) -> Option<RequestMeta<'a>> {
+        Some(RequestMeta {
+            req_id: req_id.into(),
+            targets: Cow::Borrowed(targets),
+        })
+    }
+
+    /// Fills `stuck`'s queue (it never reads) with publishes on `chan` from `from`: large
+    /// frames, then 1-byte ones, until even those are dropped. `reader`, subscribed too, reads
+    /// each one before the next is sent (a worker that keeps up). Returns how many were
+    /// published.
+    async fn fill(
+        hub: &Arc<Hub>,
+        from: &mut Peer,
+        chan: &str,
+        stuck: u32,
+        mut reader: Option<&mut Peer>,
+    ) -> usize {
+        let dropped = || {
+            hub.state.read().unwrap().members[&MemberId(stuck)]
+                .outbox
+                .dropped
+                .load(Ordering::Relaxed)
+        };
+        let big = vec![b'z'; 32 * 1024];
+        let mut sent = 0;
+        for (payload, pause_every) in [(&big[..], 10), (&b"y"[..], 200)] {
+            let before = dropped();
+            while dropped() == before {
+                assert!(sent < 100_000, "the queue never filled");
+                from.send(&BusUp::Publish {
+                    chan: chan.into(),
+                    payload,
+                    request: None,
+                })
+                .await;
+                sent += 1;
+                match reader.as_mut() {
+                    Some(r) => {
+                        let line = r.recv().await;
+                        assert!(line.starts_with(&format!("deliver {chan} ")), "{sent}");
+                    }
+                    None if sent % pause_every == 0 => settle().await,
+                    None => {}
+                }
+            }
+        }
+        sent
     }
 
     async fn settle() {
@@ -464,25 +567,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stuck_worker_gets_a_bounded_queue() {
+    async fn a_member_counts_as_a_responder_only_once_ready() {
+        let hub = Hub::new(1 << 20);
+        let mut a = join(&hub, 1);
+        let mut b = join(&hub, 2);
+        let mut late = attach(&hub, 3); // subscribed, still starting
+        for p in [&mut a, &mut b, &mut late] {
+            p.send(&BusUp::Subscribe { chan: "x".into() }).await;
+        }
+        settle().await;
+        a.send(&BusUp::NumServ {
+            id: 1,
+            chan: "x".into(),
+        })
+        .await;
+        assert_eq!(a.recv().await, "numserv [1, 2]");
+        // It already receives broadcasts (it must not miss any once it counts).
+        b.send(&BusUp::Publish {
+            chan: "x".into(),
+            payload: b"early",
+            request: None,
+        })
+        .await;
+        assert_eq!(late.recv().await, "deliver x early");
+        assert_eq!(a.recv().await, "deliver x early");
+        hub.set_ready(MemberId(3), "uid3".into());
+        a.send(&BusUp::NumServ {
+            id: 2,
+            chan: "x".into(),
+        })
+        .await;
+        assert_eq!(a.recv().await, "numserv [1, 2, 3]");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_worker_gets_a_bounded_queue_and_does_not_stall_the_others() {
         let hub = Hub::new(64 * 1024);
         let mut a = join(&hub, 1);
         let stuck = join(&hub, 2); // never reads
+        let mut c = join(&hub, 3);
         let (_stuck_rd, mut stuck_wr) = (stuck.rd, stuck.wr);
         stuck_wr
             .write_all(&frame::encode(&BusUp::Subscribe { chan: "x".into() }).unwrap())
             .await
             .unwrap();
+        c.send(&BusUp::Subscribe { chan: "x".into() }).await;
         settle().await;
+        // The third worker gets every message while the stuck one's queue is full.
+        let sent = fill(&hub, &mut a, "x", 2, Some(&mut c)).await;
         let big = vec![b'z'; 32 * 1024];
-        for _ in 0..200 {
+        for _ in 0..50 {
             a.send(&BusUp::Publish {
                 chan: "x".into(),
                 payload: &big,
                 request: None,
             })
             .await;
+            assert!(c.recv().await.starts_with("deliver x zzz"));
         }
+        assert!(sent > 2);
         settle().await;
         let stats = hub.stats();
         assert!(stats.dropped > 0, "{stats:?}");
@@ -494,5 +637,83 @@ mod tests {
             .queued
             .load(Ordering::Relaxed);
         assert!(queued <= 64 * 1024 + big.len() + 64, "{queued}");
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_full_queue_is_undeliverable_and_the_others_get_it() {
+        let hub = Hub::new(64 * 1024);
+        let mut a = join(&hub, 1);
+        let stuck = join(&hub, 2);
+        let mut c = join(&hub, 3);
+        let mut filler = join(&hub, 4);
+        let (_stuck_rd, mut stuck_wr) = (stuck.rd, stuck.wr);
+        stuck_wr
+            .write_all(&frame::encode(&BusUp::Subscribe { chan: "r".into() }).unwrap())
+            .await
+            .unwrap();
+        c.send(&BusUp::Subscribe { chan: "r".into() }).await;
+        settle().await;
+        fill(&hub, &mut filler, "r", 2, Some(&mut c)).await;
+        let targets = [MemberId(2), MemberId(3)];
+        a.send(&BusUp::Publish {
+            chan: "r".into(),
+            payload: b"req",
+            request: request("BBBBBBBBBBBBBBBB", &targets),
+        })
+        .await;
+        assert_eq!(a.recv().await, "undeliverable BBBBBBBBBBBBBBBB 2");
+        assert_eq!(c.recv().await, "deliver r req");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_answer_is_reported_to_the_requester() {
+        use socketioxide_core::adapter::remote_packet::{Response, ResponseType};
+        use socketioxide_core::{Sid, Uid};
+
+        let hub = Hub::new(64 * 1024);
+        let asker = join(&hub, 1); // its queue fills: it reads nothing for now
+        let mut b = join(&hub, 2);
+        let mut filler = join(&hub, 3);
+        let resp = "p-response#/#asker#";
+        let (mut asker_rd, mut asker_wr) = (asker.rd, asker.wr);
+        asker_wr
+            .write_all(&frame::encode(&BusUp::Subscribe { chan: resp.into() }).unwrap())
+            .await
+            .unwrap();
+        settle().await;
+        fill(&hub, &mut filler, resp, 1, None).await;
+        let req = Sid::new();
+        let answer = rmp_serde::to_vec(&(
+            req,
+            Response::<()> {
+                node_id: Uid::new(),
+                r#type: ResponseType::BroadcastAckCount(3),
+            },
+        ))
+        .unwrap();
+        // Two answers dropped, one report.
+        for _ in 0..2 {
+            b.send(&BusUp::Publish {
+                chan: resp.into(),
+                payload: &answer,
+                request: None,
+            })
+            .await;
+        }
+        settle().await;
+        // The asker catches up: after the filler's frames it learns b's answer was lost.
+        let mut reports = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(500), asker_rd.next()).await;
+            let Ok(Ok(Some(down))) = next else { break };
+            match down {
+                BusDown::Deliver { payload, .. } => assert_ne!(payload, answer.as_slice()),
+                BusDown::Undeliverable { req_id, member } => {
+                    reports.push((req_id.into_owned(), member))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(reports, [(req.to_string(), MemberId(2))]);
     }
 }
