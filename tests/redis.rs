@@ -5,7 +5,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -234,21 +236,94 @@ fn redis_outage_keeps_local_delivery_and_resumes_cross_host() {
     }
 }
 
+/// A server that accepts connections and never answers (a wrong service, or a firewall that
+/// lets the handshake through and drops the rest), until the returned flag is set.
+fn silent_server() -> (u16, Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        held.len()
+    });
+    (port, stop, thread)
+}
+
+#[test]
+fn redis_that_never_answers_fails_at_start_after_the_connect_timeout() {
+    let (port, stop, acceptor) = silent_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let timeout = Duration::from_millis(1500);
+    let margin = Duration::from_secs(4);
+    let mut opts = Start::testapp(&[
+        "--workers",
+        "2",
+        "--adapter",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-connect-timeout-ms",
+        "1500",
+    ]);
+    opts.timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let result = opts.try_spawn();
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let accepted = acceptor.join().unwrap();
+    let err = match result {
+        Ok(_) => panic!("the cluster started with a Redis that never answers"),
+        Err(e) => e,
+    };
+    assert!(accepted >= 1, "the cluster never connected to {url}: {err}");
+    assert!(err.contains("exit code: Some(Some(1))"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach Redis at {url} within 1500 ms: timed out"
+        )),
+        "{err}"
+    );
+    // It says what to do.
+    assert!(err.contains("check --redis-url"), "{err}");
+    assert!(err.contains("raise --redis-connect-timeout-ms"), "{err}");
+    // It waited for the timeout, not much longer.
+    assert!(
+        elapsed >= timeout,
+        "gave up before the timeout: {elapsed:?}: {err}"
+    );
+    assert!(
+        elapsed < timeout + margin,
+        "exited {elapsed:?} after start, timeout {timeout:?}: {err}"
+    );
+}
+
 #[test]
 fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
+    // Nothing listens on `port`: connections are refused at once.
     let port = support::free_port();
-    for (url, needle) in [
+    for (url, expected) in [
         (
             format!("redis://127.0.0.1:{port}"),
-            format!("redis://127.0.0.1:{port}"),
+            format!("cannot reach Redis at redis://127.0.0.1:{port} within 1500 ms"),
         ),
         (
             format!("redis://:topsecret@127.0.0.1:{port}/0"),
-            format!("redis://:***@127.0.0.1:{port}/0"),
+            format!("cannot reach Redis at redis://:***@127.0.0.1:{port}/0 within 1500 ms"),
         ),
         (
             "ftp://127.0.0.1:1".to_string(),
-            "ftp://127.0.0.1:1".to_string(),
+            "invalid --redis-url `ftp://127.0.0.1:1`".to_string(),
         ),
     ] {
         let started = Instant::now();
@@ -267,7 +342,13 @@ fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
             Ok(_) => panic!("the cluster started with {url}"),
             Err(e) => e,
         };
-        assert!(err.contains(&needle), "error does not name {needle}: {err}");
+        assert!(
+            err.contains(&expected),
+            "error does not say {expected}: {err}"
+        );
+        if expected.starts_with("cannot reach") {
+            assert!(err.contains("check --redis-url"), "no hint: {err}");
+        }
         assert!(!err.contains("topsecret"), "password leaked: {err}");
         assert!(err.contains("exit code: Some(Some(1))"), "{err}");
         assert!(

@@ -51,7 +51,7 @@ pub enum RedisBusError {
     },
     /// Redis could not be reached at start.
     #[error(
-        "cannot reach Redis at {url} within {timeout_ms} ms: {reason} (is redis-server 7+ running and reachable? check --redis-url)"
+        "cannot reach Redis at {url} within {timeout_ms} ms: {reason} (is redis-server 7+ running and reachable from this host? check --redis-url, or raise --redis-connect-timeout-ms if Redis is slow to answer)"
     )]
     Unreachable {
         /// The URL, password hidden.
@@ -111,8 +111,16 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<(), RedisBusError> {
         timeout_ms: timeout.as_millis(),
         reason,
     };
+    // redis-rs gives up connecting after 1 s and on answers after 500 ms by default: without
+    // this, `--redis-connect-timeout-ms` above 1 s would not be honoured. The timeout below
+    // bounds the whole exchange instead.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(None)
+        .set_response_timeout(None);
     let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await
     };
     match tokio::time::timeout(timeout, ping).await {
@@ -320,6 +328,9 @@ impl fmt::Debug for RedisBus {
 impl RedisBus {
     /// Connects to `url` (failing if Redis does not answer within `timeout`) and starts the
     /// reconnect and health tasks.
+    ///
+    /// The stock driver keeps redis-rs's own connection timeout (1 s), which cannot be
+    /// configured through it: the primary's [`probe`] is what honours a longer `timeout`.
     pub async fn connect(
         url: &str,
         prefix: &str,
