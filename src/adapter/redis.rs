@@ -16,6 +16,11 @@
 //! - the outage is logged once when it starts and once when it ends (by each worker: every worker
 //!   has its own connection), with the number of messages that could not cross. It ends once
 //!   every channel is subscribed again. Redis pub/sub is at-most-once: those messages are lost.
+//!
+//! Known limit: the stock driver's connection keeps redis-rs's default 500 ms response timeout,
+//! which it gives no way to change. Under heavy load a `PUBLISH` answered later than that fails
+//! like a dead connection does, and the bus starts an outage on a connection that was only slow
+//! (measured in BENCHMARKS.md, "Redis mode under load").
 
 use std::collections::HashMap;
 use std::fmt;
