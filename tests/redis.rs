@@ -5,7 +5,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -139,116 +141,284 @@ fn two_hosts_share_one_redis() {
     });
 }
 
+/// Lines of worker `w`'s log (every line starts with `worker N `) that contain `needle`.
+fn worker_log_count(c: &Cluster, w: usize, needle: &str) -> usize {
+    let prefix = format!("worker {w} ");
+    c.logs()
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(needle))
+        .count()
+}
+
+/// A client on the same worker as `sender` (the balancer alternates between the 2 workers).
+async fn same_worker(addr: SocketAddr, sender_worker: &str) -> Client {
+    loop {
+        let (c, w) = client(addr).await;
+        if w == sender_worker {
+            return c;
+        }
+    }
+}
+
+/// Moves the `msg` events `c` received so far into `got`, as `(from, seq)`.
+fn drain(c: &mut Client, got: &mut Vec<(String, u64)>) {
+    while let Some(ev) = c.try_next_event() {
+        if ev.name == "msg" {
+            let m = &ev.args[0];
+            got.push((
+                m["from"].as_str().unwrap().to_string(),
+                m["s"].as_u64().unwrap(),
+            ));
+        }
+    }
+}
+
+/// The sequence numbers of the messages from `from` in `got`, sorted (duplicates kept).
+fn from(got: &[(String, u64)], from: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = got
+        .iter()
+        .filter(|(f, _)| f == from)
+        .map(|(_, s)| *s)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 #[test]
 fn redis_outage_keeps_local_delivery_and_resumes_cross_host() {
+    const LOST: &str = "lost the Redis connection";
+    const RESTORED: &str = "Redis connection restored";
     let mut redis = RedisServer::start(&[]);
     let a = host(&redis.url(), &[]);
     let b = host(&redis.url(), &[]);
-    rt().block_on(async {
-        // A sender and a receiver on the same worker of host A, and a receiver on host B.
-        let (sender, sw) = client(a.addr).await;
-        let mut local = loop {
-            let (c, w) = client(a.addr).await;
-            if w == sw {
-                break c;
-            }
-        };
-        let (mut remote, _) = client(b.addr).await;
-        assert_eq!(ack(&sender, "server_count", vec![]).await, json!(4));
-
-        let started = Instant::now();
-        let mut seq = 0u64;
-        let mut local_got = Vec::new();
-        let mut remote_got = Vec::new();
-        let mut stopped_at = None;
-        let mut restarted_at = None;
-        // ~9 s of traffic at 20 msg/s; Redis is down from 2 s to 5 s.
-        while started.elapsed() < Duration::from_secs(9) {
-            let t = started.elapsed();
-            if stopped_at.is_none() && t > Duration::from_secs(2) {
-                redis.stop();
-                stopped_at = Some(seq);
-            }
-            if stopped_at.is_some() && restarted_at.is_none() && t > Duration::from_secs(5) {
-                redis.restart();
-                restarted_at = Some(seq);
-            }
-            sender
-                .emit("/", "to_all", vec![json!({"s": seq})])
-                .await
-                .unwrap();
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            while let Some(ev) = local.try_next_event() {
-                if ev.name == "msg" {
-                    local_got.push(ev.args[0]["s"].as_u64().unwrap());
-                }
-            }
-            while let Some(ev) = remote.try_next_event() {
-                if ev.name == "msg" {
-                    remote_got.push(ev.args[0]["s"].as_u64().unwrap());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Some(ev) = local.try_next_event() {
-            if ev.name == "msg" {
-                local_got.push(ev.args[0]["s"].as_u64().unwrap());
-            }
-        }
-        while let Some(ev) = remote.try_next_event() {
-            if ev.name == "msg" {
-                remote_got.push(ev.args[0]["s"].as_u64().unwrap());
-            }
-        }
-        let (stopped_at, restarted_at) = (stopped_at.unwrap(), restarted_at.unwrap());
-
-        // Local delivery never stopped: every message reached the client on the same worker.
-        assert_eq!(
-            local_got,
-            (0..seq).collect::<Vec<_>>(),
-            "local delivery had gaps"
-        );
-        // Cross-host delivery worked before, paused during the outage, and resumed after it.
-        assert!(
-            remote_got.iter().any(|s| *s < stopped_at),
-            "nothing crossed hosts before the outage"
-        );
-        let after: Vec<_> = remote_got
+    let restored_everywhere = || {
+        [&a, &b]
             .iter()
-            .filter(|s| **s > restarted_at + 20)
-            .collect();
-        assert!(
-            after.len() as u64 >= (seq - restarted_at - 20) / 2,
-            "cross-host delivery did not resume: {} of {} after the restart; got {remote_got:?}",
-            after.len(),
-            seq - restarted_at
-        );
-        assert_eq!(ack(&sender, "server_count", vec![]).await, json!(4));
+            .all(|c| (0..2).all(|w| worker_log_count(c, w, RESTORED) >= 1))
+    };
+    rt().block_on(async {
+        // On each host, a sender and a receiver on the sender's worker. `to_all` reaches every
+        // client: `la` gets host A's messages locally and host B's through Redis, `lb` the
+        // reverse.
+        let (sa, wa) = client(a.addr).await;
+        let mut la = same_worker(a.addr, &wa).await;
+        let (sb, wb) = client(b.addr).await;
+        let mut lb = same_worker(b.addr, &wb).await;
+        assert_eq!(ack(&sa, "server_count", vec![]).await, json!(4));
+
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        let mut seq = 0u64;
+        // One message from each host every 50 ms.
+        macro_rules! tick {
+            () => {
+                for (s, f) in [(&sa, "A"), (&sb, "B")] {
+                    s.emit("/", "to_all", vec![json!({"from": f, "s": seq})])
+                        .await
+                        .unwrap();
+                }
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drain(&mut la, &mut got_a);
+                drain(&mut lb, &mut got_b);
+            };
+        }
+
+        // Redis up: everything crosses.
+        for _ in 0..20 {
+            tick!();
+        }
+        let before = seq;
+        let deadline = Instant::now() + T;
+        while (from(&got_a, "B").len() as u64) < before || (from(&got_b, "A").len() as u64) < before
+        {
+            assert!(
+                Instant::now() < deadline,
+                "cross-host delivery incomplete before the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drain(&mut la, &mut got_a);
+            drain(&mut lb, &mut got_b);
+        }
+
+        // Redis down for 3 s. Nothing published from now on can cross: no Redis is running.
+        redis.stop();
+        let outage_from = seq;
+        for _ in 0..60 {
+            tick!();
+        }
+        let outage_to = seq;
+        for c in [&a, &b] {
+            for w in 0..2 {
+                assert_eq!(worker_log_count(c, w, LOST), 1, "{}", c.logs());
+            }
+        }
+
+        // Redis back: traffic goes on until every worker of both hosts said it is restored.
+        redis.restart();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !restored_everywhere() {
+            assert!(Instant::now() < deadline, "not every worker reconnected");
+            tick!();
+        }
+        // From here on, everything crosses again.
+        let resumed = seq;
+        for _ in 0..40 {
+            tick!();
+        }
+        let end = seq;
+        let deadline = Instant::now() + T;
+        while from(&got_a, "B").iter().filter(|s| **s >= resumed).count() < (end - resumed) as usize
+            || from(&got_b, "A").iter().filter(|s| **s >= resumed).count()
+                < (end - resumed) as usize
+        {
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drain(&mut la, &mut got_a);
+            drain(&mut lb, &mut got_b);
+        }
+        // Late local deliveries.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drain(&mut la, &mut got_a);
+        drain(&mut lb, &mut got_b);
+
+        let all: Vec<u64> = (0..end).collect();
+        // Local delivery never stopped, on either host: every message reached the receiver on
+        // its sender's worker, exactly once.
+        assert_eq!(from(&got_a, "A"), all, "host A: local delivery had gaps");
+        assert_eq!(from(&got_b, "B"), all, "host B: local delivery had gaps");
+        for (got, remote, host) in [(&got_a, "B", "A"), (&got_b, "A", "B")] {
+            let crossed = from(got, remote);
+            // Cross-host delivery was complete before the outage...
+            let pre: Vec<u64> = crossed.iter().copied().filter(|s| *s < before).collect();
+            assert_eq!(pre, (0..before).collect::<Vec<_>>(), "host {host} before");
+            // ... paused while Redis was down ...
+            let during: Vec<u64> = crossed
+                .iter()
+                .copied()
+                .filter(|s| (outage_from..outage_to).contains(s))
+                .collect();
+            assert!(
+                during.is_empty(),
+                "host {host}: crossed without Redis: {during:?}"
+            );
+            // ... and complete again once every worker said the connection was restored.
+            let post: Vec<u64> = crossed.iter().copied().filter(|s| *s >= resumed).collect();
+            assert_eq!(
+                post,
+                (resumed..end).collect::<Vec<_>>(),
+                "host {host}: messages lost after the restore (sent {resumed}..{end})"
+            );
+        }
+        assert_eq!(ack(&sa, "server_count", vec![]).await, json!(4));
+        assert_eq!(ack(&sb, "server_count", vec![]).await, json!(4));
     });
-    // The outage and its end are each logged once per worker.
+    // Every worker has its own Redis connection: each logs the outage exactly once and its end
+    // exactly once, so each host (2 workers) logs 2 of each.
     for c in [&a, &b] {
-        assert_eq!(c.count_log("lost the Redis connection"), 2, "{}", c.logs());
-        assert!(c.wait_log("Redis connection restored", Duration::from_secs(5)));
-        assert_eq!(c.count_log("Redis connection restored"), 2, "{}", c.logs());
+        for w in 0..2 {
+            assert_eq!(worker_log_count(c, w, LOST), 1, "worker {w}: {}", c.logs());
+            assert_eq!(
+                worker_log_count(c, w, RESTORED),
+                1,
+                "worker {w}: {}",
+                c.logs()
+            );
+        }
+        assert_eq!(c.count_log(LOST), 2, "{}", c.logs());
+        assert_eq!(c.count_log(RESTORED), 2, "{}", c.logs());
     }
+}
+
+/// A server that accepts connections and never answers (a wrong service, or a firewall that
+/// lets the handshake through and drops the rest), until the returned flag is set.
+fn silent_server() -> (u16, Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        held.len()
+    });
+    (port, stop, thread)
+}
+
+#[test]
+fn redis_that_never_answers_fails_at_start_after_the_connect_timeout() {
+    let (port, stop, acceptor) = silent_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let timeout = Duration::from_millis(1500);
+    let margin = Duration::from_secs(4);
+    let mut opts = Start::testapp(&[
+        "--workers",
+        "2",
+        "--adapter",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-connect-timeout-ms",
+        "1500",
+    ]);
+    opts.timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    let result = opts.try_spawn();
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let accepted = acceptor.join().unwrap();
+    let err = match result {
+        Ok(_) => panic!("the cluster started with a Redis that never answers"),
+        Err(e) => e,
+    };
+    assert!(accepted >= 1, "the cluster never connected to {url}: {err}");
+    assert!(err.contains("exit code: Some(Some(1))"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach Redis at {url} within 1500 ms: timed out"
+        )),
+        "{err}"
+    );
+    // It says what to do.
+    assert!(err.contains("check --redis-url"), "{err}");
+    assert!(err.contains("raise --redis-connect-timeout-ms"), "{err}");
+    // It waited for the timeout, not much longer.
+    assert!(
+        elapsed >= timeout,
+        "gave up before the timeout: {elapsed:?}: {err}"
+    );
+    assert!(
+        elapsed < timeout + margin,
+        "exited {elapsed:?} after start, timeout {timeout:?}: {err}"
+    );
 }
 
 #[test]
 fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
+    // Nothing listens on `port`: connections are refused at once.
     let port = support::free_port();
-    for (url, needle) in [
+    for (url, expected) in [
         (
             format!("redis://127.0.0.1:{port}"),
-            format!("redis://127.0.0.1:{port}"),
+            format!("cannot reach Redis at redis://127.0.0.1:{port} within 1500 ms"),
         ),
         (
             format!("redis://:topsecret@127.0.0.1:{port}/0"),
-            format!("redis://:***@127.0.0.1:{port}/0"),
+            format!("cannot reach Redis at redis://:***@127.0.0.1:{port}/0 within 1500 ms"),
         ),
         (
             "ftp://127.0.0.1:1".to_string(),
-            "ftp://127.0.0.1:1".to_string(),
+            "invalid --redis-url `ftp://127.0.0.1:1`".to_string(),
         ),
     ] {
         let started = Instant::now();
@@ -267,7 +437,13 @@ fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
             Ok(_) => panic!("the cluster started with {url}"),
             Err(e) => e,
         };
-        assert!(err.contains(&needle), "error does not name {needle}: {err}");
+        assert!(
+            err.contains(&expected),
+            "error does not say {expected}: {err}"
+        );
+        if expected.starts_with("cannot reach") {
+            assert!(err.contains("check --redis-url"), "no hint: {err}");
+        }
         assert!(!err.contains("topsecret"), "password leaked: {err}");
         assert!(err.contains("exit code: Some(Some(1))"), "{err}");
         assert!(
