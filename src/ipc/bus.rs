@@ -92,7 +92,9 @@ pub enum BusDown<'a> {
         /// The dead worker.
         member: MemberId,
     },
-    /// A request could not be delivered to `member` (dead, or its queue was full).
+    /// A request could not be delivered to `member` (dead, or its queue was full), or an answer
+    /// from `member` to this worker's request was dropped (this worker's own queue was full):
+    /// either way, no answer from `member` will arrive.
     Undeliverable {
         /// The adapter request id.
         #[serde(borrow)]

@@ -131,6 +131,11 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
         let (msg, fds) = match rx.recv().await {
             Ok(Some(m)) => m,
             Ok(None) => break,
+            Err(e) if e.is_recoverable() => {
+                // One bad message (its descriptors are closed already): drop it, keep the link.
+                tracing::warn!(worker = %member, "dropped a bad message from the worker: {e}");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(worker = %member, "control channel error: {e}");
                 break;

@@ -185,9 +185,8 @@ impl ClusterHandle {
     /// # }
     /// ```
     pub async fn server_count(&self, ns: &str) -> Result<u16, crate::adapter::DriverError> {
-        use socketioxide_redis::drivers::Driver;
         self.driver
-            .num_serv(&format!("{}-request#{ns}#", self.prefix))
+            .server_count(&format!("{}-request#{ns}#", self.prefix))
             .await
     }
 }
