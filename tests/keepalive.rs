@@ -55,6 +55,24 @@ async fn open_session(conn: &mut HttpConn) -> String {
     sid
 }
 
+/// Session A on a connection the primary handed to one worker (returned, to be shared), and
+/// session B opened on its own connection until one lands on the other worker; with the
+/// `whoami` answer of each.
+async fn two_sessions(addr: std::net::SocketAddr) -> (HttpConn, [(String, Value); 2]) {
+    let mut shared = HttpConn::connect(addr).await.unwrap();
+    let sid_a = open_session(&mut shared).await;
+    let who_a = ack_on(&mut shared, &sid_a, 1, "whoami").await;
+    for _ in 0..6 {
+        let mut own = HttpConn::connect(addr).await.unwrap();
+        let sid = open_session(&mut own).await;
+        let who = ack_on(&mut own, &sid, 1, "whoami").await;
+        if who["worker"] != who_a["worker"] {
+            return (shared, [(sid_a, who_a), (sid, who)]);
+        }
+    }
+    panic!("could not open a session on the other worker");
+}
+
 #[test]
 fn two_sessions_on_two_workers_share_one_keepalive_connection() {
     let c = Start::testapp(&[
@@ -71,28 +89,7 @@ fn two_sessions_on_two_workers_share_one_keepalive_connection() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // Session A on the shared connection (handed to worker X by the primary).
-        let mut shared = HttpConn::connect(c.addr).await.unwrap();
-        let sid_a = open_session(&mut shared).await;
-        let who_a = ack_on(&mut shared, &sid_a, 1, "whoami").await;
-
-        // Session B on its own connection, on the other worker.
-        let mut sid_b = String::new();
-        let mut who_b = Value::Null;
-        for _ in 0..6 {
-            let mut own = HttpConn::connect(c.addr).await.unwrap();
-            let sid = open_session(&mut own).await;
-            let who = ack_on(&mut own, &sid, 1, "whoami").await;
-            if who["worker"] != who_a["worker"] {
-                sid_b = sid;
-                who_b = who;
-                break;
-            }
-        }
-        assert!(
-            !sid_b.is_empty(),
-            "could not open a session on the other worker"
-        );
+        let (mut shared, [(sid_a, who_a), (sid_b, who_b)]) = two_sessions(c.addr).await;
 
         // Now drive both sessions, alternately, through the shared connection.
         for round in 0..5u32 {
@@ -142,20 +139,7 @@ fn a_session_reached_only_through_another_workers_connection_stays_alive() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut shared = HttpConn::connect(c.addr).await.unwrap();
-        let sid_a = open_session(&mut shared).await;
-        let who_a = ack_on(&mut shared, &sid_a, 1, "whoami").await;
-        let mut found = None;
-        for _ in 0..6 {
-            let mut own = HttpConn::connect(c.addr).await.unwrap();
-            let sid = open_session(&mut own).await;
-            let who = ack_on(&mut own, &sid, 1, "whoami").await;
-            if who["worker"] != who_a["worker"] {
-                found = Some((sid, who));
-                break;
-            }
-        }
-        let (sid_b, who_b) = found.expect("a session on the other worker");
+        let (mut shared, [(sid_a, who_a), (sid_b, who_b)]) = two_sessions(c.addr).await;
 
         // From now on session B is reached only through A's connection, for longer than the
         // owner's idle sweep window.

@@ -561,10 +561,9 @@ async fn many_websocket_clients() {
     assert!(clients.iter().all(Client::is_connected));
 }
 
-/// Load self-check (run with `cargo test -p sio-client --release -- --ignored`):
-/// 2,000 websocket clients in one process, each doing acked round trips.
+/// Load self-check: 2,000 websocket clients in one process, each doing acked round trips (the
+/// load generator relies on one process holding that many).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
 async fn stress_2000_websocket_clients() {
     let addr = start_server().await;
     let started = std::time::Instant::now();
