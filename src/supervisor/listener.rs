@@ -39,6 +39,11 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, Sup
         socket.set_only_v6(false).ok();
     }
     socket.bind(&addr.into()).map_err(err("bind"))?;
+    // Accepted sockets inherit it (Linux; checked by a test below), so neither the primary nor
+    // the worker spends a system call per connection on it.
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(err("set TCP_NODELAY"))?;
     defer_accept(&socket).map_err(err("set TCP_DEFER_ACCEPT"))?;
     socket.listen(backlog).map_err(err("listen"))?;
     socket
@@ -117,4 +122,24 @@ pub fn from_systemd() -> Result<Option<std::net::TcpListener>, SupervisorError> 
             SupervisorError::Activation(format!("cannot configure the passed socket: {e}"))
         })?;
     Ok(Some(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Workers make no system call on a received connection: they rely on the socket accepted
+    /// from our listener having TCP_NODELAY already (inherited from the listener).
+    #[test]
+    fn accepted_sockets_inherit_tcp_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(!client.nodelay().unwrap());
+        // TCP_DEFER_ACCEPT: the connection is accepted once data arrived.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY not inherited");
+    }
 }

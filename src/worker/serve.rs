@@ -25,23 +25,14 @@ pub(crate) fn spawn(
     manifest: ConnManifest,
     fd: OwnedFd,
 ) {
-    let kind = socket2::SockRef::from(&fd).r#type();
-    if !matches!(kind, Ok(t) if t == socket2::Type::STREAM) {
-        tracing::warn!(
-            conn = manifest.id,
-            "received descriptor is not a stream socket; closing it"
-        );
-        return;
-    }
     shared.open.fetch_add(1, Ordering::Relaxed);
     match manifest.origin {
         ConnOrigin::Accepted => {
+            // No system call here: the primary accepted it non-blocking (`accept4`, and the
+            // flag belongs to the open file, which we share) from a TCP_NODELAY listener, whose
+            // accepted sockets inherit it.
             let std = std::net::TcpStream::from(fd);
-            let _ = std.set_nodelay(true);
-            match std
-                .set_nonblocking(true)
-                .and_then(|_| tokio::net::TcpStream::from_std(std))
-            {
+            match tokio::net::TcpStream::from_std(std) {
                 Ok(stream) => {
                     let ctx = ConnCtx {
                         forwarded: false,
