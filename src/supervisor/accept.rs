@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -161,7 +161,7 @@ fn to_task(
                     "too many connections waiting for a request head; answering 503 (raise --max-pending-heads?)"
                 );
             }
-            refuse(std);
+            refuse(shared, std);
         }
     }
 }
@@ -169,37 +169,14 @@ fn to_task(
 /// Most refused connections lingering at once (each holds a descriptor for up to
 /// [`DRAIN_TIME`] while its request is drained); beyond that they are closed after a
 /// non-blocking drain of what already arrived.
-const MAX_LINGERING: usize = 1024;
-
-/// Connections currently being answered 503 and drained.
-static LINGERING: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a lingering refusal for as long as it lives.
-struct Lingering;
-
-impl Lingering {
-    fn try_new() -> Option<Self> {
-        LINGERING
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_LINGERING).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Lingering)
-    }
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        LINGERING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub(crate) const MAX_LINGERING: usize = 1024;
 
 /// Answers 503 to a connection that cannot wait for its head, without making the accept loop
 /// wait: the client's request is still unread, and closing over unread bytes makes the kernel
 /// send a reset that can destroy the 503 before the client reads it. So the response goes
 /// through [`respond_and_close`] on its own task (write, half-close, drain, close).
-fn refuse(std: std::net::TcpStream) {
-    if let Some(lingering) = Lingering::try_new() {
+fn refuse(shared: &Shared, std: std::net::TcpStream) {
+    if let Ok(lingering) = shared.lingering.clone().try_acquire_owned() {
         match TcpStream::from_std(std) {
             Ok(stream) => {
                 tokio::spawn(async move {

@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub balancer: Balancer,
     pub pending: Arc<Semaphore>,
+    /// Refused connections being answered 503 and drained ([`accept::MAX_LINGERING`]).
+    pub lingering: Arc<Semaphore>,
     pub events: mpsc::UnboundedSender<Event>,
     pub stats: Stats,
 }

@@ -139,6 +139,7 @@ impl Primary {
             hub: Hub::new(config.bus_queue_bytes),
             balancer: Balancer::new(config.balance),
             pending: Arc::new(Semaphore::new(config.max_pending_heads)),
+            lingering: Arc::new(Semaphore::new(accept::MAX_LINGERING)),
             events: tx,
             stats: Stats::default(),
             config: config.clone(),
