@@ -355,23 +355,30 @@ fn silent_server() -> (u16, Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
     (port, stop, thread)
 }
 
-#[test]
-fn redis_that_never_answers_fails_at_start_after_the_connect_timeout() {
-    let (port, stop, acceptor) = silent_server();
-    let url = format!("redis://127.0.0.1:{port}");
-    let timeout = Duration::from_millis(1500);
-    let margin = Duration::from_secs(4);
+/// A 2-worker cluster in Redis mode at `url` with a 1.5 s connect timeout, expected to fail at
+/// start: `within` bounds the wait for `listening on`.
+fn failing_start(url: &str, within: Duration) -> Start<'static> {
     let mut opts = Start::testapp(&[
         "--workers",
         "2",
         "--adapter",
         "redis",
         "--redis-url",
-        &url,
+        url,
         "--redis-connect-timeout-ms",
         "1500",
     ]);
-    opts.timeout = Duration::from_secs(30);
+    opts.timeout = within;
+    opts
+}
+
+#[test]
+fn redis_that_never_answers_fails_at_start_after_the_connect_timeout() {
+    let (port, stop, acceptor) = silent_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let timeout = Duration::from_millis(1500);
+    let margin = Duration::from_secs(4);
+    let opts = failing_start(&url, Duration::from_secs(30));
     let started = Instant::now();
     let result = opts.try_spawn();
     let elapsed = started.elapsed();
@@ -422,17 +429,7 @@ fn unreachable_or_wrong_redis_fails_at_start_naming_the_url() {
         ),
     ] {
         let started = Instant::now();
-        let mut opts = Start::testapp(&[
-            "--workers",
-            "2",
-            "--adapter",
-            "redis",
-            "--redis-url",
-            &url,
-            "--redis-connect-timeout-ms",
-            "1500",
-        ]);
-        opts.timeout = Duration::from_secs(10);
+        let opts = failing_start(&url, Duration::from_secs(10));
         let err = match opts.try_spawn() {
             Ok(_) => panic!("the cluster started with {url}"),
             Err(e) => e,
