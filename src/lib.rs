@@ -40,6 +40,7 @@ pub mod adapter;
 pub mod config;
 pub mod config_file;
 pub mod ipc;
+mod door;
 mod logging;
 pub mod sid;
 pub mod supervisor;
