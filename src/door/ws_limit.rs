@@ -22,6 +22,18 @@
 //!   `message too big`; everything else passes through unchanged.
 //!
 //! Inactive, the wrapper costs one relaxed atomic load per call.
+//!
+//! What it relies on, and what happens otherwise (tungstenite's own limits still bound memory
+//! in every case):
+//!
+//! - the client sends nothing after its upgrade request until the 101 (RFC 6455 §4.1 says it
+//!   MUST wait). Bytes hyper read along with the request head, before activation, were not
+//!   parsed, so the read side would start mid-stream: at worst it refuses or misses a frame of
+//!   that misbehaving client only;
+//! - `activate` comes before hyper writes the 101, and the 101 head is the first `HTTP/1.x 101 `
+//!   written after it (true unless the tail of an earlier pipelined response is still unflushed
+//!   and itself contains that text). If the head is never seen, the write side just passes
+//!   everything through: no rewrite, the code-less close goes out as before.
 
 use std::io;
 use std::pin::Pin;
