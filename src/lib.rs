@@ -41,6 +41,7 @@ pub mod config;
 pub mod config_file;
 pub mod ipc;
 mod door;
+#[cfg(fuzzing)] #[doc(hidden)] pub mod fuzz_api;
 mod logging;
 pub mod sid;
 pub mod supervisor;
