@@ -122,8 +122,27 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return peer;
         }
+        self.walk(values).unwrap_or(peer)
+    }
+
+    /// The client named by `X-Forwarded-For` lines `values`, for a peer already known to be
+    /// trusted; `None` when the header names nobody (absent, empty, or garbage right-most).
+    ///
+    /// Same walk as [`client_ip`](Self::client_ip), for a caller that parses the header before
+    /// it knows the peer (the primary's peek, where the peer may come from a PROXY header).
+    pub fn forwarded_client<'a>(
+        &self,
+        values: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<IpAddr> {
+        self.walk(values)
+    }
+
+    /// Walks the entries from the right, skipping trusted ones; returns the first untrusted
+    /// one, or the last trusted one walked when every entry is trusted or garbage stops the
+    /// walk, or `None` when not one entry was walked.
+    fn walk<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) -> Option<IpAddr> {
         let lines: Vec<&[u8]> = values.into_iter().collect();
-        let mut last = peer;
+        let mut last = None;
         for entry in lines
             .iter()
             .rev()
@@ -137,9 +156,9 @@ impl TrustedProxies {
                 return last;
             };
             if !self.contains(ip) {
-                return ip;
+                return Some(ip);
             }
-            last = ip;
+            last = Some(ip);
         }
         last
     }
@@ -363,5 +382,16 @@ mod tests {
     fn header_name_is_lowercase() {
         assert_eq!(HEADER, HEADER.to_ascii_lowercase());
         assert!(http::HeaderName::from_static(HEADER) == "X-Forwarded-For");
+    }
+
+    #[test]
+    fn forwarded_client_is_the_walk_without_a_peer() {
+        let t = tp("10.0.0.0/8");
+        let h = |v: &'static str| vec![v.as_bytes()];
+        assert_eq!(t.forwarded_client(h("1.2.3.4, 10.0.0.2")), Some(ip("1.2.3.4")));
+        assert_eq!(t.forwarded_client(h("10.0.0.3, 10.0.0.2")), Some(ip("10.0.0.3")));
+        assert_eq!(t.forwarded_client(h("")), None);
+        assert_eq!(t.forwarded_client(h("garbage")), None);
+        assert_eq!(t.forwarded_client(Vec::<&[u8]>::new()), None);
     }
 }
