@@ -51,6 +51,8 @@ use std::future::Future;
 
 pub use adapter::ClusterAdapter;
 pub use config::Config;
+pub use door::forwarded::TrustedProxies;
+pub use door::tls::TlsError;
 pub use sid::SessionId;
 pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerInfo};
 
