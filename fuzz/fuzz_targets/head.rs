@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         engine_prefix: "/socket.io/".into(),
         cookie: Some("sio".into()),
         max_head: 8192,
+        // Trusted proxies on, so X-Forwarded-For parsing runs on every head.
+        trusted: "10.0.0.0/8,::1".parse().expect("valid CIDR list"),
     };
     let head = match parse_head(data, &rules) {
         Ok(Parsed::Complete(head)) => head,
@@ -34,6 +36,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(head.len > 0 && head.len <= data.len(), "head len {} of {}", head.len, data.len());
     assert!(head.len <= rules.max_head);
     assert!(!(head.sid.is_some() && head.bad_sid), "a sid is either good or bad");
+    if head.forwarded_for.is_some() {
+        // A forwarded client comes only from an X-Forwarded-For header of this head.
+        let lower = data[..head.len].to_ascii_lowercase();
+        assert!(
+            lower.windows(16).any(|w| w == b"x-forwarded-for:"),
+            "forwarded client without the header"
+        );
+    }
     if head.sid.is_some() || head.bad_sid {
         assert!(head.engine, "sids are read from Engine.IO requests only");
     }
