@@ -343,12 +343,21 @@ async fn on_emit_with_ack<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
 
 async fn on_whoami<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
     let ctx = ctx();
+    // The client's address as the cluster sees it (PROXY header or trusted X-Forwarded-For
+    // applied); standalone has none.
+    let client = s
+        .req_parts()
+        .extensions
+        .get::<sio_cluster::ClientAddr>()
+        .and_then(|c| c.0)
+        .map(|a| a.to_string());
     send_ack(
         ack,
         &serde_json::json!({
             "worker": ctx.worker,
             "pid": ctx.pid,
             "sid": s.id.to_string(),
+            "client": client,
         }),
     );
 }
