@@ -28,14 +28,14 @@ pub(crate) const PLAINTEXT_ON_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\nco
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file cannot be read.
-    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    #[error("cannot read the TLS {what} {}: {error}", path.display())]
     Read {
         /// `certificate` or `key`.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The certificate file holds no PEM certificate.
     #[error(
@@ -76,15 +76,15 @@ pub enum TlsError {
 /// Loads the certificate chain and key, checks that they match, and builds the server
 /// configuration a worker serves with.
 pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+    let cert_pem = std::fs::read(cert).map_err(|error| TlsError::Read {
         what: "certificate",
         path: cert.to_owned(),
-        source,
+        error,
     })?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+    let key_pem = std::fs::read(key).map_err(|error| TlsError::Read {
         what: "key",
         path: key.to_owned(),
-        source,
+        error,
     })?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .filter_map(Result::ok)
