@@ -136,8 +136,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Plain HTTP routes next to Socket.IO (served by the workers like any request).
 fn routes() -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new().route(
+    use axum::routing::{get, post};
+    axum::Router::new()
+        // Answers the request body (tests of body limits and timeouts on app routes).
+        .route("/echo", post(async |body: axum::body::Bytes| body))
+        .route(
         "/whoami",
         get(
             async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
