@@ -385,3 +385,61 @@ fn a_stalled_request_body_gets_408_and_its_connection_closed() {
     // Other sessions go on.
     support::polling_handshake(c.addr).unwrap();
 }
+
+/// Workers whose descriptor limit (128, soft and hard) is far below
+/// `--max-connections-per-worker`: the primary stops handing them connections they have no
+/// descriptor for and answers 503 instead; no connection is reset, no worker dies, and once
+/// the clients leave the counts are true again (least-conn splits new clients evenly).
+#[test]
+fn a_worker_at_its_descriptor_limit_refuses_only_what_it_cannot_take() {
+    let testapp = support::example_bin("testapp");
+    let mut start = Start::testapp(&["--workers", "2", "--max-connections-per-worker", "1000"]);
+    let mut args = vec![
+        "-c".to_string(),
+        "ulimit -n 128 && exec \"$0\" \"$@\"".to_string(),
+        testapp.display().to_string(),
+    ];
+    args.extend(start.args.drain(..));
+    start.bin = "/bin/sh".into();
+    start.args = args;
+    let c = start.spawn();
+    let pids = c.worker_pids();
+    assert_eq!(pids.len(), 2);
+    rt().block_on(async {
+        let (mut held, mut refused, mut failed) = (Vec::new(), 0, Vec::new());
+        for _ in 0..15 {
+            let mut batch = tokio::task::JoinSet::new();
+            for _ in 0..20 {
+                batch.spawn(Client::connect(ClientConfig::new(c.addr, Transport::WebSocket)));
+            }
+            while let Some(r) = batch.join_next().await {
+                match r.unwrap() {
+                    Ok(client) => held.push(client),
+                    Err(e) if e.http_status() == Some(503) => refused += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+        }
+        eprintln!("descriptor limit: {} served, {refused} refused", held.len());
+        assert!(failed.is_empty(), "{} connects failed without a 503: {failed:?}", failed.len());
+        assert!(refused > 0, "300 connections fit in 2 × 128 descriptors?");
+        assert!(held.len() >= 100, "only {} connections were served", held.len());
+        for client in &held {
+            whoami(client).await;
+        }
+        // Every held client is served by its worker; free them all.
+        for client in held.drain(..) {
+            client.disconnect().await.unwrap();
+        }
+        let mut fresh = Vec::new();
+        let mut on = HashMap::<String, usize>::new();
+        for _ in 0..40 {
+            let client = eventually_connect(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
+            *on.entry(whoami(&client).await["worker"].as_str().unwrap().to_string()).or_default() += 1;
+            fresh.push(client);
+        }
+        assert_eq!(on.len(), 2, "{on:?}");
+        assert!(on.values().all(|n| *n >= 15), "least-conn counts are true again: {on:?}");
+    });
+    assert_eq!(c.worker_pids(), pids, "no worker restarted");
+}
