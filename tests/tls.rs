@@ -220,3 +220,64 @@ fn plain_http_on_the_tls_port_harms_nothing() {
     });
     assert_eq!(c.worker_pids().len(), 2, "no worker died");
 }
+
+/// A renewal that left an unusable file behind: the reload is refused with one line naming
+/// it, and the running workers keep serving with the certificate they have.
+#[test]
+fn a_reload_with_a_broken_certificate_is_refused_and_serving_goes_on() {
+    let cert = TestCert::new();
+    let c = tls_cluster(&cert, &[]);
+    let pids = c.worker_pids();
+    std::fs::write(&cert.cert, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(
+        c.wait_log("reload refused, workers unchanged", Duration::from_secs(10)),
+        "{}",
+        c.logs()
+    );
+    let line = c
+        .logs()
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(&cert.cert.display().to_string()), "{line}");
+    assert_eq!(c.worker_pids(), pids, "workers unchanged");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = ClientConfig::new(c.addr, Transport::WebSocket).tls(cert.client_tls());
+        let client = Client::connect(cfg).await.unwrap();
+        assert_eq!(client.peer_certificate_der(), Some(cert.der.clone()));
+    });
+}
+
+/// The door's settings are config-file keys like every flag: TLS and a per-IP cap from the file.
+#[test]
+fn door_settings_from_a_config_file() {
+    let cert = TestCert::new();
+    let file = cert.dir().join("cluster.env");
+    std::fs::write(
+        &file,
+        format!(
+            "SIO_TLS_CERT={}\nSIO_TLS_KEY={}\nSIO_MAX_CONNECTIONS_PER_IP=1\nSIO_MAX_PAYLOAD=1000\n",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    )
+    .unwrap();
+    let c = Start::testapp(&["--workers", "2", "--config-file", file.to_str().unwrap()]).spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = ClientConfig::new(c.addr, Transport::WebSocket).tls(cert.client_tls());
+        let client = Client::connect(cfg.clone()).await.unwrap();
+        assert_eq!(client.handshake().max_payload, 1000);
+        let err = Client::connect(cfg).await.err().expect("second connection of 127.0.0.1");
+        assert_eq!(err.http_status(), Some(503), "{err}");
+    });
+}
