@@ -141,18 +141,18 @@ fn routes() -> axum::Router {
         // Answers the request body (tests of body limits and timeouts on app routes).
         .route("/echo", post(async |body: axum::body::Bytes| body))
         .route(
-        "/whoami",
-        get(
-            async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
-                let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
-                axum::Json(serde_json::json!({
-                    "worker": ctx().worker,
-                    "pid": ctx().pid,
-                    "client": client,
-                }))
-            },
-        ),
-    )
+            "/whoami",
+            get(
+                async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
+                    let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
+                    axum::Json(serde_json::json!({
+                        "worker": ctx().worker,
+                        "pid": ctx().pid,
+                        "client": client,
+                    }))
+                },
+            ),
+        )
 }
 
 /// `--standalone`: the same app in one process, `LocalAdapter`, every core.

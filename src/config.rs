@@ -221,7 +221,12 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` is believed (comma-separated IPs or CIDRs, e.g.
     /// `10.0.0.0/8,127.0.0.1`): for a request from one of them, the client is the right-most
     /// untrusted address in that header. From any other peer the header is ignored.
-    #[arg(long, env = "SIO_TRUSTED_PROXIES", value_name = "CIDR,...", default_value = "")]
+    #[arg(
+        long,
+        env = "SIO_TRUSTED_PROXIES",
+        value_name = "CIDR,...",
+        default_value = ""
+    )]
     pub trusted_proxies: crate::TrustedProxies,
 
     /// Most connections one worker holds; beyond it new sessions go to other workers, or get
@@ -283,7 +288,10 @@ impl Config {
             )));
         }
         for (flag, v) in [
-            ("--max-connections-per-worker", self.max_connections_per_worker),
+            (
+                "--max-connections-per-worker",
+                self.max_connections_per_worker,
+            ),
             ("--max-connections", self.max_connections),
             ("--max-connections-per-ip", self.max_connections_per_ip),
         ] {

@@ -39,9 +39,11 @@
 pub mod adapter;
 pub mod config;
 pub mod config_file;
-pub mod ipc;
 mod door;
-#[cfg(fuzzing)] #[doc(hidden)] pub mod fuzz_api;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
+pub mod ipc;
 mod logging;
 pub mod sid;
 pub mod supervisor;

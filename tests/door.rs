@@ -55,7 +55,11 @@ fn closed_silently(addr: std::net::SocketAddr, bytes: &[u8]) {
     let _ = s.write_all(bytes);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    assert!(buf.is_empty(), "answered without a PROXY header: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty(),
+        "answered without a PROXY header: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
 }
 
 #[test]
@@ -67,7 +71,10 @@ fn proxy_protocol_v1_and_v2_give_the_client_address_to_ip_hash() {
             let ip = [203, 0, 113, k];
             for (n, (preamble, transport)) in [
                 (proxy_v1(ip, 40000 + u16::from(k)), Transport::WebSocket),
-                (proxy_v2(ip, 41000 + u16::from(k)), Transport::PollingThenUpgrade),
+                (
+                    proxy_v2(ip, 41000 + u16::from(k)),
+                    Transport::PollingThenUpgrade,
+                ),
                 (proxy_v2(ip, 42000 + u16::from(k)), Transport::Polling),
             ]
             .into_iter()
@@ -91,10 +98,17 @@ fn proxy_protocol_v1_and_v2_give_the_client_address_to_ip_hash() {
             }
         }
         let used: HashSet<_> = worker_of.values().collect();
-        assert_eq!(used.len(), 2, "12 client addresses hash over both workers: {worker_of:?}");
+        assert_eq!(
+            used.len(),
+            2,
+            "12 client addresses hash over both workers: {worker_of:?}"
+        );
     });
     // Required on every connection: plain HTTP, a truncated header, garbage are all closed.
-    closed_silently(c.addr, b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
+    closed_silently(
+        c.addr,
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
     closed_silently(c.addr, b"PROXY TCP4 203.0.113.1 127.0.0.1 1 3000\r");
     closed_silently(c.addr, b"\x16\x03\x01\x00\x05hello");
     assert_eq!(c.worker_pids().len(), 2);
@@ -115,7 +129,10 @@ fn proxy_protocol_in_front_of_tls() {
             let client = Client::connect(cfg).await.unwrap();
             let who = whoami(&client).await;
             assert!(
-                who["client"].as_str().unwrap().starts_with("198.51.100.23:"),
+                who["client"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("198.51.100.23:"),
                 "{who}"
             );
         }
@@ -150,7 +167,11 @@ fn trusted_x_forwarded_for_gives_the_client_address_to_ip_hash() {
             }
         }
         let used: HashSet<_> = worker_of.values().collect();
-        assert_eq!(used.len(), 2, "12 client addresses hash over both workers: {worker_of:?}");
+        assert_eq!(
+            used.len(),
+            2,
+            "12 client addresses hash over both workers: {worker_of:?}"
+        );
     });
 }
 
@@ -162,10 +183,14 @@ fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     rt().block_on(async {
         for addr in [c.addr, d.addr] {
             for transport in [Transport::WebSocket, Transport::Polling] {
-                let cfg = ClientConfig::new(addr, transport).header("X-Forwarded-For", "198.51.100.9");
+                let cfg =
+                    ClientConfig::new(addr, transport).header("X-Forwarded-For", "198.51.100.9");
                 let client = Client::connect(cfg).await.unwrap();
                 let who = whoami(&client).await;
-                assert!(who["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{who}");
+                assert!(
+                    who["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+                    "{who}"
+                );
             }
         }
     });
@@ -180,8 +205,10 @@ async fn refused(addr: std::net::SocketAddr, opts: ConnectOptions, why: &str) {
     assert!(!res.text().contains("\"sid\""), "{why}: no session opened");
 }
 
-async fn accepted(addr: std::net::SocketAddr, cfg: ClientConfig) -> Client {
-    let client = Client::connect(cfg).await.unwrap_or_else(|e| panic!("refused under the cap: {e}"));
+async fn accepted(cfg: ClientConfig) -> Client {
+    let client = Client::connect(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("refused under the cap: {e}"));
     whoami(&client).await;
     client
 }
@@ -193,24 +220,23 @@ fn per_ip_cap_refuses_new_sessions_never_existing_ones() {
         let ws = |a| ClientConfig::new(a, Transport::WebSocket);
         // A polling session on fresh connections: while its long-poll GET is held it counts 1.
         let polling = accepted(
-            c.addr,
             ClientConfig::new(c.addr, Transport::Polling).polling_conn(PollingConn::Fresh),
         )
         .await;
         // The polling client's closed connections leave the count as soon as its worker
         // reports them (milliseconds): until then a new one may see 503.
-        let a = eventually_connect(c.addr, ws(c.addr)).await;
-        let b = eventually_connect(c.addr, ws(c.addr)).await;
+        let a = eventually_connect(ws(c.addr)).await;
+        let b = eventually_connect(ws(c.addr)).await;
         refused(c.addr, ConnectOptions::new(), "4th connection of 127.0.0.1").await;
         // The polling session's requests arrive on new connections over the cap: never refused.
         for _ in 0..5 {
             whoami(&polling).await;
         }
-        let err = Client::connect(ws(c.addr)).await.err().expect("websocket over the cap");
+        let err = support::refused_connect(ws(c.addr), "websocket over the cap").await;
         assert_eq!(err.http_status(), Some(503), "{err}");
         // A closed connection frees its place: the counts stay true.
         a.disconnect().await.unwrap();
-        let again = eventually_connect(c.addr, ws(c.addr)).await;
+        let again = eventually_connect(ws(c.addr)).await;
         refused(c.addr, ConnectOptions::new(), "full again").await;
         drop((b, again, polling));
     });
@@ -218,7 +244,7 @@ fn per_ip_cap_refuses_new_sessions_never_existing_ones() {
 
 /// Connects, retrying while the cap's count catches up with a close (the worker reports closes
 /// within its load interval).
-async fn eventually_connect(addr: std::net::SocketAddr, cfg: ClientConfig) -> Client {
+async fn eventually_connect(cfg: ClientConfig) -> Client {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match Client::connect(cfg.clone()).await {
@@ -254,11 +280,11 @@ fn total_cap_on_plain_and_tls() {
             };
             let mut held = Vec::new();
             for _ in 0..3 {
-                held.push(accepted(c.addr, cfg()).await);
+                held.push(accepted(cfg()).await);
             }
             refused(c.addr, opts(), "4th connection in total").await;
             held.pop().unwrap().disconnect().await.unwrap();
-            held.push(eventually_connect(c.addr, cfg()).await);
+            held.push(eventually_connect(cfg()).await);
             refused(c.addr, opts(), "full again").await;
             for h in &held {
                 whoami(h).await;
@@ -274,8 +300,13 @@ fn per_worker_cap_fills_every_worker_then_refuses() {
         let mut workers = Vec::new();
         let mut held = Vec::new();
         for _ in 0..4 {
-            let client = accepted(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
-            workers.push(whoami(&client).await["worker"].as_str().unwrap().to_string());
+            let client = accepted(ClientConfig::new(c.addr, Transport::WebSocket)).await;
+            workers.push(
+                whoami(&client).await["worker"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
             held.push(client);
         }
         workers.sort();
@@ -288,17 +319,22 @@ fn per_worker_cap_fills_every_worker_then_refuses() {
 fn websocket_messages_are_bounded_by_max_payload() {
     let c = Start::testapp(&["--workers", "2", "--max-payload", "100000"]).spawn();
     rt().block_on(async {
-        let bystander = accepted(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
-        let mut sender = accepted(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
+        let bystander = accepted(ClientConfig::new(c.addr, Transport::WebSocket)).await;
+        let mut sender = accepted(ClientConfig::new(c.addr, Transport::WebSocket)).await;
         // 90 KB passes, both ways.
         let small = "x".repeat(90_000);
-        sender.emit("/", "echo", vec![Value::from(small.clone())]).await.unwrap();
+        sender
+            .emit("/", "echo", vec![Value::from(small.clone())])
+            .await
+            .unwrap();
         let back = next_event(&mut sender, "msg").await;
         assert_eq!(back[0].as_str().map(str::len), Some(90_000));
         let worker = support::children_of(c.pid);
         let rss_before: u64 = worker.iter().map(|p| support::rss_bytes(*p)).sum();
         // 200 KB: that websocket is closed with 1009 (message too big).
-        let _ = sender.emit("/", "echo", vec![Value::from("y".repeat(200_000))]).await;
+        let _ = sender
+            .emit("/", "echo", vec![Value::from("y".repeat(200_000))])
+            .await;
         assert!(
             until(Duration::from_secs(5), || !sender.is_connected()).await,
             "the oversized sender is still connected: {}",
@@ -307,8 +343,10 @@ fn websocket_messages_are_bounded_by_max_payload() {
         let reason = sender.close_reason().unwrap_or_default();
         assert!(reason.contains("1009"), "closed with 1009: {reason}");
         // 32 MB on a new websocket: refused from its frame header, never buffered.
-        let big = accepted(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
-        let _ = big.emit("/", "echo", vec![Value::from("z".repeat(32 << 20))]).await;
+        let big = accepted(ClientConfig::new(c.addr, Transport::WebSocket)).await;
+        let _ = big
+            .emit("/", "echo", vec![Value::from("z".repeat(32 << 20))])
+            .await;
         assert!(until(Duration::from_secs(10), || !big.is_connected()).await);
         let rss_after: u64 = worker.iter().map(|p| support::rss_bytes(*p)).sum();
         assert!(
@@ -364,7 +402,9 @@ fn a_stalled_request_body_gets_408_and_its_connection_closed() {
         .unwrap();
         let mut reader = s.try_clone().unwrap();
         let read = std::thread::spawn(move || {
-            reader.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            reader
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
             let mut buf = Vec::new();
             let _ = reader.read_to_end(&mut buf);
             buf
@@ -380,7 +420,10 @@ fn a_stalled_request_body_gets_408_and_its_connection_closed() {
         let buf = read.join().unwrap();
         let text = String::from_utf8_lossy(&buf);
         assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text:?}");
-        assert!(sent < 150, "{path}: the connection stayed open while the body trickled");
+        assert!(
+            sent < 150,
+            "{path}: the connection stayed open while the body trickled"
+        );
     }
     // Other sessions go on.
     support::polling_handshake(c.addr).unwrap();
@@ -399,7 +442,7 @@ fn a_worker_at_its_descriptor_limit_refuses_only_what_it_cannot_take() {
         "ulimit -n 128 && exec \"$0\" \"$@\"".to_string(),
         testapp.display().to_string(),
     ];
-    args.extend(start.args.drain(..));
+    args.append(&mut start.args);
     start.bin = "/bin/sh".into();
     start.args = args;
     let c = start.spawn();
@@ -410,7 +453,10 @@ fn a_worker_at_its_descriptor_limit_refuses_only_what_it_cannot_take() {
         for _ in 0..15 {
             let mut batch = tokio::task::JoinSet::new();
             for _ in 0..20 {
-                batch.spawn(Client::connect(ClientConfig::new(c.addr, Transport::WebSocket)));
+                batch.spawn(Client::connect(ClientConfig::new(
+                    c.addr,
+                    Transport::WebSocket,
+                )));
             }
             while let Some(r) = batch.join_next().await {
                 match r.unwrap() {
@@ -421,9 +467,17 @@ fn a_worker_at_its_descriptor_limit_refuses_only_what_it_cannot_take() {
             }
         }
         eprintln!("descriptor limit: {} served, {refused} refused", held.len());
-        assert!(failed.is_empty(), "{} connects failed without a 503: {failed:?}", failed.len());
+        assert!(
+            failed.is_empty(),
+            "{} connects failed without a 503: {failed:?}",
+            failed.len()
+        );
         assert!(refused > 0, "300 connections fit in 2 × 128 descriptors?");
-        assert!(held.len() >= 100, "only {} connections were served", held.len());
+        assert!(
+            held.len() >= 100,
+            "only {} connections were served",
+            held.len()
+        );
         for client in &held {
             whoami(client).await;
         }
@@ -434,12 +488,21 @@ fn a_worker_at_its_descriptor_limit_refuses_only_what_it_cannot_take() {
         let mut fresh = Vec::new();
         let mut on = HashMap::<String, usize>::new();
         for _ in 0..40 {
-            let client = eventually_connect(c.addr, ClientConfig::new(c.addr, Transport::WebSocket)).await;
-            *on.entry(whoami(&client).await["worker"].as_str().unwrap().to_string()).or_default() += 1;
+            let client = eventually_connect(ClientConfig::new(c.addr, Transport::WebSocket)).await;
+            *on.entry(
+                whoami(&client).await["worker"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default() += 1;
             fresh.push(client);
         }
         assert_eq!(on.len(), 2, "{on:?}");
-        assert!(on.values().all(|n| *n >= 15), "least-conn counts are true again: {on:?}");
+        assert!(
+            on.values().all(|n| *n >= 15),
+            "least-conn counts are true again: {on:?}"
+        );
     });
     assert_eq!(c.worker_pids(), pids, "no worker restarted");
 }

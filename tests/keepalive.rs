@@ -186,7 +186,11 @@ where
     let mut fresh = reconnect().await;
     for (round, (sid, worker)) in sessions.iter().enumerate() {
         let who = ack_on(&mut fresh, sid, 30 + round as u32, "whoami").await;
-        assert_eq!(who["worker"], worker.as_str(), "{sid} moved on a new connection: {who}");
+        assert_eq!(
+            who["worker"],
+            worker.as_str(),
+            "{sid} moved on a new connection: {who}"
+        );
     }
     assert!(!conn.is_closed(), "the kept-alive connection stayed open");
 }

@@ -110,7 +110,9 @@ fn a_closed_session_is_forgotten_within_a_second() {
         .unwrap();
     rt.block_on(async {
         for transport in [Transport::Polling, Transport::PollingThenUpgrade] {
-            let client = Client::connect(ClientConfig::new(c.addr, transport)).await.unwrap();
+            let client = Client::connect(ClientConfig::new(c.addr, transport))
+                .await
+                .unwrap();
             wait_routed(&c, 1, Duration::from_secs(5)).await;
             client.disconnect().await.unwrap();
             // 1 s, plus one status interval for the line that shows it, plus scheduling slack.
@@ -156,7 +158,10 @@ fn the_table_returns_to_zero_after_50000_sessions() {
                     let body = hs.text();
                     let at = body.find("\"sid\":\"").unwrap() + 7;
                     let sid = body[at..at + 16].to_string();
-                    let close = conn.post(&polling_url("/socket.io/", &sid), "1").await.unwrap();
+                    let close = conn
+                        .post(&polling_url("/socket.io/", &sid), "1")
+                        .await
+                        .unwrap();
                     assert_eq!(close.status, 200, "{}", close.text());
                 }
                 50_000 / 16
@@ -170,9 +175,15 @@ fn the_table_returns_to_zero_after_50000_sessions() {
         eprintln!("{done} sessions in {:?}", started.elapsed());
         wait_routed(&c, 0, Duration::from_secs(5)).await;
         let peak = routed_history(&c).into_iter().max().unwrap_or(0);
-        assert!(peak > 0, "the status lines saw the sessions: {:?}", routed_history(&c));
+        assert!(
+            peak > 0,
+            "the status lines saw the sessions: {:?}",
+            routed_history(&c)
+        );
         // Still routing.
-        let client = Client::connect(ClientConfig::new(c.addr, Transport::Polling)).await.unwrap();
+        let client = Client::connect(ClientConfig::new(c.addr, Transport::Polling))
+            .await
+            .unwrap();
         wait_routed(&c, 1, Duration::from_secs(5)).await;
         drop(client);
     });

@@ -42,7 +42,7 @@ fn a_client_that_does_not_trust_the_certificate_is_refused() {
         .unwrap();
     rt.block_on(async {
         let cfg = ClientConfig::new(c.addr, Transport::WebSocket).tls(other.client_tls());
-        let err = Client::connect(cfg).await.err().expect("untrusted certificate refused");
+        let err = support::refused_connect(cfg, "untrusted certificate refused").await;
         assert!(err.is_tls(), "{err}");
         // And the cluster still serves a client that trusts it.
         let cfg = ClientConfig::new(c.addr, Transport::WebSocket).tls(cert.client_tls());
@@ -124,7 +124,10 @@ fn certificates_are_reread_on_sighup_without_failing_a_connect() {
             }
         }
         assert!(reloaded_at.is_some(), "no reload finished:\n{}", c.logs());
-        assert!(seen_new >= 8, "{seen_new} of {seen} connects saw the new certificate");
+        assert!(
+            seen_new >= 8,
+            "{seen_new} of {seen} connects saw the new certificate"
+        );
         // Every connection opened once the reload finished has the new certificate.
         for _ in 0..4 {
             assert_eq!(connect(Transport::WebSocket).await.unwrap(), new);
@@ -143,8 +146,16 @@ fn a_bad_certificate_or_key_is_one_clear_line_at_start() {
     std::fs::write(&garbage, "not a pem\n").unwrap();
     let missing = dir.path().join("missing.pem");
     let cases = [
-        (missing.clone(), cert.key.clone(), "cannot read the TLS certificate"),
-        (cert.cert.clone(), missing.clone(), "cannot read the TLS key"),
+        (
+            missing.clone(),
+            cert.key.clone(),
+            "cannot read the TLS certificate",
+        ),
+        (
+            cert.cert.clone(),
+            missing.clone(),
+            "cannot read the TLS key",
+        ),
         (garbage.clone(), cert.key.clone(), "no certificate in"),
         (cert.cert.clone(), garbage.clone(), "no private key in"),
         (cert.cert.clone(), other.key.clone(), "do not go together"),
@@ -164,8 +175,15 @@ fn a_bad_certificate_or_key_is_one_clear_line_at_start() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "one line for {want}: {stderr}");
         assert!(lines[0].contains(want), "{want}: {stderr}");
-        let named = if want.contains("key") || want.contains("together") { &k } else { &c };
-        assert!(lines[0].contains(&named.display().to_string()), "names the file: {stderr}");
+        let named = if want.contains("key") || want.contains("together") {
+            &k
+        } else {
+            &c
+        };
+        assert!(
+            lines[0].contains(&named.display().to_string()),
+            "names the file: {stderr}"
+        );
     }
     // --tls-cert without --tls-key is a usage error.
     let out = std::process::Command::new(support::example_bin("testapp"))
@@ -200,9 +218,14 @@ fn plain_http_on_the_tls_port_harms_nothing() {
     }
     // A client that opens a connection and sends nothing is closed at the head timeout.
     let mut idle = std::net::TcpStream::connect(c.addr).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = [0u8; 64];
-    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0, "idle connection closed");
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "idle connection closed"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,7 +300,7 @@ fn door_settings_from_a_config_file() {
         let cfg = ClientConfig::new(c.addr, Transport::WebSocket).tls(cert.client_tls());
         let client = Client::connect(cfg.clone()).await.unwrap();
         assert_eq!(client.handshake().max_payload, 1000);
-        let err = Client::connect(cfg).await.err().expect("second connection of 127.0.0.1");
+        let err = support::refused_connect(cfg, "second connection of 127.0.0.1").await;
         assert_eq!(err.http_status(), Some(503), "{err}");
     });
 }

@@ -388,8 +388,14 @@ mod tests {
     fn forwarded_client_is_the_walk_without_a_peer() {
         let t = tp("10.0.0.0/8");
         let h = |v: &'static str| vec![v.as_bytes()];
-        assert_eq!(t.forwarded_client(h("1.2.3.4, 10.0.0.2")), Some(ip("1.2.3.4")));
-        assert_eq!(t.forwarded_client(h("10.0.0.3, 10.0.0.2")), Some(ip("10.0.0.3")));
+        assert_eq!(
+            t.forwarded_client(h("1.2.3.4, 10.0.0.2")),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            t.forwarded_client(h("10.0.0.3, 10.0.0.2")),
+            Some(ip("10.0.0.3"))
+        );
         assert_eq!(t.forwarded_client(h("")), None);
         assert_eq!(t.forwarded_client(h("garbage")), None);
         assert_eq!(t.forwarded_client(Vec::<&[u8]>::new()), None);

@@ -92,11 +92,10 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsErro
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let private = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| TlsError::NoKey {
-            path: key.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mismatch = |reason: String| TlsError::Mismatch {
         cert: cert.to_owned(),

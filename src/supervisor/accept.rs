@@ -36,9 +36,7 @@ use crate::door::tls;
 use crate::ipc::message::{ConnManifest, ConnOrigin, FirstRequest, ToWorker};
 
 use super::caps::refusal_response;
-use super::peek::{
-    Parsed, PeekError, RequestHead, consume_fd, parse_head, peek_fd, peek_until,
-};
+use super::peek::{Parsed, PeekError, RequestHead, consume_fd, parse_head, peek_fd, peek_until};
 use super::slot::{Reserved, WorkerHandle};
 use super::{Decision, Shared};
 

@@ -75,8 +75,16 @@ impl Caps {
     /// manifest (so the worker reports it when it closes), `None` when addresses are not counted.
     pub fn count(&self, ip: Option<IpAddr>, worker: &PerIp) -> Option<IpAddr> {
         let ip = ip.filter(|_| self.per_ip.is_some())?;
-        add(&mut self.ips.lock().unwrap_or_else(|p| p.into_inner()), ip, 1);
-        add(&mut worker.0.lock().unwrap_or_else(|p| p.into_inner()), ip, 1);
+        add(
+            &mut self.ips.lock().unwrap_or_else(|p| p.into_inner()),
+            ip,
+            1,
+        );
+        add(
+            &mut worker.0.lock().unwrap_or_else(|p| p.into_inner()),
+            ip,
+            1,
+        );
         Some(ip)
     }
 
@@ -166,7 +174,10 @@ mod tests {
         assert_eq!(default_per_worker(1024), 768);
         assert_eq!(default_per_worker(200), 100);
         let caps = Caps::new(&config(&[]), 1024, 2);
-        assert_eq!((caps.per_worker, caps.total, caps.per_ip), (768, 1536, None));
+        assert_eq!(
+            (caps.per_worker, caps.total, caps.per_ip),
+            (768, 1536, None)
+        );
         let caps = Caps::new(&config(&["--max-connections-per-worker", "10"]), 1024, 3);
         assert_eq!(caps.total, 30);
     }
@@ -201,7 +212,10 @@ mod tests {
     #[test]
     fn addresses_are_not_counted_without_a_per_ip_cap() {
         let caps = Caps::new(&config(&[]), 1024, 2);
-        assert_eq!(caps.count(Some("10.0.0.1".parse().unwrap()), &PerIp::default()), None);
+        assert_eq!(
+            caps.count(Some("10.0.0.1".parse().unwrap()), &PerIp::default()),
+            None
+        );
         assert_eq!(caps.counted_addresses(), 0);
     }
 

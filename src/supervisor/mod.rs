@@ -154,7 +154,11 @@ impl Shared {
     pub fn route(&self, head: Option<&RequestHead>, client: Option<IpAddr>) -> Decision {
         let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
         if let Some(sid) = head.and_then(|h| h.sid.as_ref()) {
-            let owner = self.sids.lock().unwrap_or_else(|p| p.into_inner()).owner(sid);
+            let owner = self
+                .sids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .owner(sid);
             if let Some(h) = owner.and_then(|m| roster.get(m)).filter(|h| h.is_alive()) {
                 return Decision::Serve(h.clone());
             }
@@ -170,7 +174,11 @@ impl Shared {
         cookie_slot: Option<usize>,
         client: Option<IpAddr>,
     ) -> Decision {
-        let open_total = roster.iter().filter(|h| h.is_alive()).map(|h| h.load()).sum();
+        let open_total = roster
+            .iter()
+            .filter(|h| h.is_alive())
+            .map(|h| h.load())
+            .sum();
         if let Some(r) = self.caps.check(open_total, client) {
             return Decision::Refuse(r);
         }
@@ -235,7 +243,12 @@ impl Shared {
             client: peer,
             proxied: true,
         };
-        tokio::spawn(accept::serve_connection(self.clone(), stream, arrival, permit));
+        tokio::spawn(accept::serve_connection(
+            self.clone(),
+            stream,
+            arrival,
+            permit,
+        ));
     }
 }
 

@@ -103,8 +103,7 @@ impl TimedBody {
     /// Bounds `inner` by `timeout` from now; `scan` watches it for a close packet.
     pub fn new(inner: Incoming, timeout: Duration, scan: bool) -> (Self, Arc<BodyWatch>) {
         let watch = Arc::new(BodyWatch::default());
-        let deadline =
-            (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(timeout)));
+        let deadline = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(timeout)));
         (
             Self {
                 inner,
@@ -172,10 +171,7 @@ mod tests {
     use super::*;
 
     fn scan(chunks: &[&[u8]]) -> bool {
-        chunks
-            .iter()
-            .fold(Scan::Start, |s, c| s.feed(c))
-            .finish()
+        chunks.iter().fold(Scan::Start, |s, c| s.feed(c)).finish()
     }
 
     #[test]

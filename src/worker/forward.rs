@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 
+use super::body::TimedBody;
 use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
-use super::body::TimedBody;
 use hyper_util::rt::TokioIo;
 
 use crate::ipc::message::{MemberId, ToPrimary};

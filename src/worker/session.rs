@@ -202,9 +202,7 @@ where
                         _ => handshake(inner, &shared, polling, req, &conn).await,
                     }
                 }
-                Kind::Handshake { polling } => {
-                    handshake(inner, &shared, polling, req, &conn).await
-                }
+                Kind::Handshake { polling } => handshake(inner, &shared, polling, req, &conn).await,
                 Kind::Other => local(inner, req, &conn).await,
             };
             if watch.expired() {

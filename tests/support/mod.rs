@@ -561,14 +561,20 @@ impl TestCert {
 /// clients per transport and `env`, and returns its JSON report after checking every point of
 /// it: each transport as asked, auth/echo/ack intact, each client on one worker, both workers
 /// used, and the broadcast delivered exactly once to every client.
-pub fn official_client_check(url: &str, per_transport: usize, env: &[(&str, &str)]) -> serde_json::Value {
+pub fn official_client_check(
+    url: &str,
+    per_transport: usize,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
     assert!(
         js.join("node_modules/socket.io-client").exists(),
         "run `npm ci` in tests/js first (scripts/test does it)"
     );
     let mut cmd = Command::new("node");
-    cmd.arg(js.join("connect.mjs")).arg(url).arg(per_transport.to_string());
+    cmd.arg(js.join("connect.mjs"))
+        .arg(url)
+        .arg(per_transport.to_string());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -586,20 +592,48 @@ pub fn official_client_check(url: &str, per_transport: usize, env: &[(&str, &str
     let mut workers_seen = std::collections::HashSet::new();
     for r in results {
         let mode = r["mode"].as_str().unwrap();
-        let want = if mode == "polling" { "polling" } else { "websocket" };
+        let want = if mode == "polling" {
+            "polling"
+        } else {
+            "websocket"
+        };
         assert_eq!(r["transport"], want, "{r}");
         assert_eq!(r["authOk"], true, "{r}");
         assert_eq!(r["sidsMatch"], true, "{r}");
         assert_eq!(r["echoOk"], true, "{r}");
         assert_eq!(r["ackOk"], true, "{r}");
         let workers = r["workers"].as_array().unwrap();
-        assert_eq!(workers.len(), 1, "every whoami of one client answers from one worker: {r}");
+        assert_eq!(
+            workers.len(),
+            1,
+            "every whoami of one client answers from one worker: {r}"
+        );
         workers_seen.insert(workers[0].as_str().unwrap().to_string());
     }
-    assert_eq!(workers_seen.len(), 2, "both workers served clients: {workers_seen:?}");
+    assert_eq!(
+        workers_seen.len(),
+        2,
+        "both workers served clients: {workers_seen:?}"
+    );
     let b = &report["broadcast"];
     assert_eq!(b["clients"], 6, "{b}");
-    assert_eq!(b["counts"], serde_json::json!([1, 1, 1, 1, 1, 1]), "each got the broadcast once: {b}");
-    assert_eq!(b["workers"].as_array().map(Vec::len), Some(2), "broadcast crossed workers: {b}");
+    assert_eq!(
+        b["counts"],
+        serde_json::json!([1, 1, 1, 1, 1, 1]),
+        "each got the broadcast once: {b}"
+    );
+    assert_eq!(
+        b["workers"].as_array().map(Vec::len),
+        Some(2),
+        "broadcast crossed workers: {b}"
+    );
     report
+}
+
+/// Connects with `cfg` and returns the error the connection must end with.
+pub async fn refused_connect(cfg: sio_client::ClientConfig, why: &str) -> sio_client::Error {
+    match sio_client::Client::connect(cfg).await {
+        Ok(_) => panic!("connected, but expected a refusal: {why}"),
+        Err(e) => e,
+    }
 }
