@@ -136,20 +136,23 @@ fn main() -> anyhow::Result<()> {
 
 /// Plain HTTP routes next to Socket.IO (served by the workers like any request).
 fn routes() -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new().route(
-        "/whoami",
-        get(
-            async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
-                let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
-                axum::Json(serde_json::json!({
-                    "worker": ctx().worker,
-                    "pid": ctx().pid,
-                    "client": client,
-                }))
-            },
-        ),
-    )
+    use axum::routing::{get, post};
+    axum::Router::new()
+        // Answers the request body (tests of body limits and timeouts on app routes).
+        .route("/echo", post(async |body: axum::body::Bytes| body))
+        .route(
+            "/whoami",
+            get(
+                async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
+                    let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
+                    axum::Json(serde_json::json!({
+                        "worker": ctx().worker,
+                        "pid": ctx().pid,
+                        "client": client,
+                    }))
+                },
+            ),
+        )
 }
 
 /// `--standalone`: the same app in one process, `LocalAdapter`, every core.
@@ -343,12 +346,21 @@ async fn on_emit_with_ack<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
 
 async fn on_whoami<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
     let ctx = ctx();
+    // The client's address as the cluster sees it (PROXY header or trusted X-Forwarded-For
+    // applied); standalone has none.
+    let client = s
+        .req_parts()
+        .extensions
+        .get::<sio_cluster::ClientAddr>()
+        .and_then(|c| c.0)
+        .map(|a| a.to_string());
     send_ack(
         ack,
         &serde_json::json!({
             "worker": ctx.worker,
             "pid": ctx.pid,
             "sid": s.id.to_string(),
+            "client": client,
         }),
     );
 }

@@ -134,7 +134,9 @@ pub struct Config {
     #[arg(long, env = "SIO_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
 
-    /// Largest Engine.IO payload accepted from a client, bytes (default: 100000).
+    /// Largest payload accepted from a client, bytes: a polling request body, a websocket message
+    /// or frame (a bigger websocket message closes that websocket with status 1009).
+    /// Default: 100000.
     #[arg(long, env = "SIO_MAX_PAYLOAD")]
     pub max_payload: Option<u64>,
 
@@ -201,6 +203,53 @@ pub struct Config {
     #[arg(long, env = "SIO_WORKER_MEMORY_LIMIT_MB")]
     pub worker_memory_limit_mb: Option<u64>,
 
+    /// TLS certificate chain, PEM (the server's certificate first, then intermediates). With
+    /// `--tls-key`, the port speaks only TLS (https, wss); the worker that receives a connection
+    /// terminates it. Re-read on every reload (SIGHUP): new connections get the new certificate.
+    #[arg(long, env = "SIO_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS private key, PEM (PKCS#8, RSA or EC), matching the first certificate of `--tls-cert`.
+    #[arg(long, env = "SIO_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as sent by HAProxy, AWS
+    /// NLB, ...): its source address is the client's. A connection without one is closed.
+    #[arg(long, env = "SIO_PROXY_PROTOCOL", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub proxy_protocol: bool,
+
+    /// Peers whose `X-Forwarded-For` is believed (comma-separated IPs or CIDRs, e.g.
+    /// `10.0.0.0/8,127.0.0.1`): for a request from one of them, the client is the right-most
+    /// untrusted address in that header. From any other peer the header is ignored.
+    #[arg(
+        long,
+        env = "SIO_TRUSTED_PROXIES",
+        value_name = "CIDR,...",
+        default_value = ""
+    )]
+    pub trusted_proxies: crate::TrustedProxies,
+
+    /// Most connections one worker holds; beyond it new sessions go to other workers, or get
+    /// 503 when all are full. Default: the descriptor limit minus a reserve (the larger of 256
+    /// and a tenth of it) for the worker's own files and sockets.
+    #[arg(long, env = "SIO_MAX_CONNECTIONS_PER_WORKER", value_name = "N")]
+    pub max_connections_per_worker: Option<u64>,
+
+    /// Most connections the whole cluster holds; a new session beyond it gets 503. Default:
+    /// the per-worker limit times the number of workers.
+    #[arg(long, env = "SIO_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// Most connections one client address holds (after PROXY protocol / X-Forwarded-For); a new
+    /// session beyond it gets 503. Off by default.
+    #[arg(long, env = "SIO_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u64>,
+
+    /// Time a client has to send a whole request body after its head; a slower body gets 408
+    /// and its connection is closed.
+    #[arg(long, env = "SIO_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
     /// File of `KEY=VALUE` lines (systemd `EnvironmentFile=` syntax) read at start and again on
     /// every reload (SIGHUP): `SIO_*` settings, `RUST_LOG` and the app's own variables, set in
     /// every worker's environment. Command-line flags win over it; it wins over the environment.
@@ -238,6 +287,25 @@ impl Config {
                 self.path
             )));
         }
+        for (flag, v) in [
+            (
+                "--max-connections-per-worker",
+                self.max_connections_per_worker,
+            ),
+            ("--max-connections", self.max_connections),
+            ("--max-connections-per-ip", self.max_connections_per_ip),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{flag} must be at least 1 (leave it unset for the default)"
+                )));
+            }
+        }
+        if self.body_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "--body-timeout-ms must be at least 1".into(),
+            ));
+        }
         if let Some(name) = &self.sticky_cookie
             && (name.is_empty()
                 || !name
@@ -274,10 +342,26 @@ impl Config {
         if let Some(ms) = self.connect_timeout_ms {
             builder = builder.connect_timeout(Duration::from_millis(ms));
         }
-        if let Some(bytes) = self.max_payload {
-            builder = builder.max_payload(bytes);
-        }
+        // The same bound on every transport: polling bodies, websocket messages and frames
+        // (socketioxide's own websocket defaults are 64 MiB and 16 MiB).
+        let bytes = self.max_payload_bytes();
+        let ws = usize::try_from(bytes).unwrap_or(usize::MAX);
+        builder = builder
+            .max_payload(bytes)
+            .ws_max_message_size(ws)
+            .ws_max_frame_size(ws);
         builder
+    }
+
+    /// Whether the port speaks TLS (`--tls-cert` and `--tls-key`).
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// The largest payload a client may send on any transport (`--max-payload`, or
+    /// socketioxide's default of 100000 bytes).
+    pub fn max_payload_bytes(&self) -> u64 {
+        self.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD)
     }
 
     /// Head timeout as a [`Duration`].
@@ -292,6 +376,9 @@ impl Config {
         p
     }
 }
+
+/// socketioxide's default `max_payload`, which the cluster also applies to websocket frames.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 100_000;
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]

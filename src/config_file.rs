@@ -212,6 +212,14 @@ impl ReloadPlan {
             path => "--path",
             sticky_cookie => "--sticky-cookie",
         );
+        if old.tls().is_some() != new.tls().is_some() {
+            // The primary checks the first byte for TLS or reads the head: one or the other.
+            plan.refused.push(format!(
+                "--tls-cert/--tls-key (TLS {} → {})",
+                if old.tls().is_some() { "on" } else { "off" },
+                if new.tls().is_some() { "on" } else { "off" }
+            ));
+        }
         if old.redis_url != new.redis_url {
             // Not printed: the URL may hold a password.
             plan.refused.push("--redis-url (changed)".into());
@@ -227,6 +235,11 @@ impl ReloadPlan {
             bus_queue_bytes => "--bus-queue-bytes",
             heartbeat_interval_ms => "--heartbeat-interval-ms",
             status_interval_ms => "--status-interval-ms",
+            proxy_protocol => "--proxy-protocol",
+            trusted_proxies => "--trusted-proxies",
+            max_connections_per_worker => "--max-connections-per-worker",
+            max_connections => "--max-connections",
+            max_connections_per_ip => "--max-connections-per-ip",
         );
         plan
     }

@@ -39,6 +39,10 @@
 pub mod adapter;
 pub mod config;
 pub mod config_file;
+mod door;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod ipc;
 mod logging;
 pub mod sid;
@@ -49,6 +53,8 @@ use std::future::Future;
 
 pub use adapter::ClusterAdapter;
 pub use config::Config;
+pub use door::forwarded::TrustedProxies;
+pub use door::tls::TlsError;
 pub use sid::SessionId;
 pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerInfo};
 

@@ -155,3 +155,83 @@ fn a_session_reached_only_through_another_workers_connection_stays_alive() {
         assert_eq!(a["worker"], who_a["worker"], "session A moved: {a}");
     });
 }
+
+/// Opens 8 sessions, one after the other, over the one connection `conn`, with
+/// `--balance round-robin` on 2 workers: they split 4/4, every later request of each (on the
+/// same connection, and on a fresh one from `reconnect`) reaches its own session, and the
+/// connection is never closed to dodge the balancing.
+async fn eight_sessions_split_over_one_connection<F, Fut>(mut conn: HttpConn, reconnect: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = HttpConn>,
+{
+    let mut sessions = Vec::new();
+    for i in 0..8u32 {
+        let sid = open_session(&mut conn).await;
+        let who = ack_on(&mut conn, &sid, 1, "whoami").await;
+        assert_eq!(who["sid"], sid.as_str(), "session {i}");
+        sessions.push((sid, who["worker"].as_str().unwrap().to_string()));
+    }
+    let on = |w: &str| sessions.iter().filter(|(_, x)| x == w).count();
+    assert_eq!(
+        (on("0"), on("1")),
+        (4, 4),
+        "8 new sessions over one connection split 4/4: {sessions:?}"
+    );
+    for (round, (sid, worker)) in sessions.iter().enumerate() {
+        let who = ack_on(&mut conn, sid, 10 + round as u32, "whoami").await;
+        assert_eq!(who["worker"], worker.as_str(), "{sid} moved: {who}");
+        assert_eq!(who["sid"], sid.as_str());
+    }
+    let mut fresh = reconnect().await;
+    for (round, (sid, worker)) in sessions.iter().enumerate() {
+        let who = ack_on(&mut fresh, sid, 30 + round as u32, "whoami").await;
+        assert_eq!(
+            who["worker"],
+            worker.as_str(),
+            "{sid} moved on a new connection: {who}"
+        );
+    }
+    assert!(!conn.is_closed(), "the kept-alive connection stayed open");
+}
+
+fn round_robin(extra: &[String]) -> support::Cluster {
+    let mut args = vec!["--workers", "2", "--balance", "round-robin"];
+    args.extend(extra.iter().map(String::as_str));
+    Start::testapp(&args).spawn()
+}
+
+#[test]
+fn new_sessions_on_one_keepalive_connection_are_balanced() {
+    let c = round_robin(&[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = HttpConn::connect(c.addr).await.unwrap();
+        eight_sessions_split_over_one_connection(conn, || async {
+            HttpConn::connect(c.addr).await.unwrap()
+        })
+        .await;
+    });
+}
+
+#[test]
+fn new_sessions_on_one_tls_keepalive_connection_are_balanced() {
+    let cert = support::TestCert::new();
+    let c = round_robin(&cert.args());
+    let tls = cert.client_tls();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = HttpConn::connect_tls(c.addr, &tls).await.unwrap();
+        assert!(conn.is_tls());
+        eight_sessions_split_over_one_connection(conn, || async {
+            HttpConn::connect_tls(c.addr, &tls).await.unwrap()
+        })
+        .await;
+    });
+}

@@ -97,3 +97,94 @@ fn table_follows_live_polling_sessions() {
         );
     });
 }
+
+/// A closed session leaves the table within a second of its close: polling (close packet),
+/// upgraded (websocket closed) and a client that just goes away (its GET connection closed,
+/// then the ping timeout).
+#[test]
+fn a_closed_session_is_forgotten_within_a_second() {
+    let c = Start::testapp(&["--workers", "2", "--status-interval-ms", "100"]).spawn();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for transport in [Transport::Polling, Transport::PollingThenUpgrade] {
+            let client = Client::connect(ClientConfig::new(c.addr, transport))
+                .await
+                .unwrap();
+            wait_routed(&c, 1, Duration::from_secs(5)).await;
+            client.disconnect().await.unwrap();
+            // 1 s, plus one status interval for the line that shows it, plus scheduling slack.
+            wait_routed(&c, 0, Duration::from_millis(1300)).await;
+        }
+    });
+}
+
+/// Waits (without blocking the runtime) until the latest status line says `n` sessions routed.
+async fn wait_routed(c: &support::Cluster, n: usize, timeout: Duration) {
+    let end = tokio::time::Instant::now() + timeout;
+    while routed(c) != Some(n) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "sessions routed: {:?}, want {n} within {timeout:?}",
+            routed(c)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 50,000 sessions opened and closed (over kept-alive connections, as a proxy would send them):
+/// the table returns to 0, and the cluster still routes.
+#[test]
+fn the_table_returns_to_zero_after_50000_sessions() {
+    use sio_client::raw::{HttpConn, handshake_url, polling_url};
+    let c = Start::testapp(&["--workers", "2", "--status-interval-ms", "200"]).spawn();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let addr = c.addr;
+            tasks.spawn(async move {
+                let mut conn = HttpConn::connect(addr).await.unwrap();
+                for _ in 0..50_000 / 16 {
+                    let hs = conn.get(&handshake_url("/socket.io/")).await.unwrap();
+                    assert_eq!(hs.status, 200, "{}", hs.text());
+                    let body = hs.text();
+                    let at = body.find("\"sid\":\"").unwrap() + 7;
+                    let sid = body[at..at + 16].to_string();
+                    let close = conn
+                        .post(&polling_url("/socket.io/", &sid), "1")
+                        .await
+                        .unwrap();
+                    assert_eq!(close.status, 200, "{}", close.text());
+                }
+                50_000 / 16
+            });
+        }
+        let mut done = 0;
+        while let Some(n) = tasks.join_next().await {
+            done += n.unwrap();
+        }
+        assert_eq!(done, 50_000);
+        eprintln!("{done} sessions in {:?}", started.elapsed());
+        wait_routed(&c, 0, Duration::from_secs(5)).await;
+        let peak = routed_history(&c).into_iter().max().unwrap_or(0);
+        assert!(
+            peak > 0,
+            "the status lines saw the sessions: {:?}",
+            routed_history(&c)
+        );
+        // Still routing.
+        let client = Client::connect(ClientConfig::new(c.addr, Transport::Polling))
+            .await
+            .unwrap();
+        wait_routed(&c, 1, Duration::from_secs(5)).await;
+        drop(client);
+    });
+}

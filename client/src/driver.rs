@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::Full;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
@@ -24,14 +23,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::error::{Error, Result};
+use crate::net::{self, Stream};
 use crate::packet::{
     self, EnginePacket, OutPacket, SioPacket, SioPacketType, encode_ack, parse_engine_packet,
     parse_sio_packet, split_payload,
 };
-use crate::raw::{HttpConn, RawResponse};
+use crate::raw::{ConnectOptions, HttpConn, RawResponse};
 use crate::{Event, Incoming, PollingConn, Transport};
 
-pub(crate) type WsStream = WebSocketStream<TcpStream>;
+pub(crate) type WsStream = WebSocketStream<Stream>;
 
 /// Reason recorded when the client itself closed the connection.
 pub(crate) const CLIENT_CLOSE: &str = "client disconnect";
@@ -49,6 +49,11 @@ pub(crate) struct ConnCtx {
     pub host: HeaderValue,
     pub polling_conn: PollingConn,
     pub upgrade_timeout: Duration,
+    /// TLS and preamble, for every connection opened.
+    pub conn: ConnectOptions,
+    /// The certificate presented on the first TLS connection (see
+    /// [`Client::peer_certificate_der`](crate::Client::peer_certificate_der)).
+    pub first_peer_cert: OnceLock<Vec<u8>>,
 }
 
 impl ConnCtx {
@@ -64,16 +69,32 @@ impl ConnCtx {
     }
 
     fn ws_url(&self, sid: Option<&str>) -> String {
+        // The scheme only tells tungstenite what the stream is; TLS is done by `net::open`.
+        let scheme = if self.conn.tls.is_some() { "wss" } else { "ws" };
         match sid {
             Some(sid) => format!(
-                "ws://{}{}?EIO=4&transport=websocket&sid={}{}",
+                "{scheme}://{}{}?EIO=4&transport=websocket&sid={}{}",
                 self.addr, self.path, sid, self.query
             ),
             None => format!(
-                "ws://{}{}?EIO=4&transport=websocket{}",
+                "{scheme}://{}{}?EIO=4&transport=websocket{}",
                 self.addr, self.path, self.query
             ),
         }
+    }
+
+    /// Records the certificate of the first TLS connection.
+    fn note_peer_cert(&self, cert: Option<Vec<u8>>) {
+        if let Some(cert) = cert {
+            let _ = self.first_peer_cert.set(cert);
+        }
+    }
+
+    /// Opens an HTTP connection (TCP, preamble, TLS as configured).
+    async fn http_conn(&self) -> Result<HttpConn> {
+        let conn = HttpConn::connect_opts(self.addr, &self.conn).await?;
+        self.note_peer_cert(conn.peer_certificate_der());
+        Ok(conn)
     }
 
     pub fn request(&self, method: Method, uri: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
@@ -91,11 +112,13 @@ impl ConnCtx {
     }
 }
 
-/// Opens a websocket (plain TCP, `TCP_NODELAY`) to the Engine.IO endpoint.
+/// Opens a websocket (TCP with `TCP_NODELAY`, preamble and TLS as configured) to the
+/// Engine.IO endpoint; the upgrade request carries the configured headers.
 pub(crate) async fn open_ws(ctx: &ConnCtx, sid: Option<&str>) -> Result<WsStream> {
-    let tcp = TcpStream::connect(ctx.addr).await?;
-    tcp.set_nodelay(true)?;
+    let stream = net::open(ctx.addr, &ctx.conn).await?;
+    ctx.note_peer_cert(stream.peer_certificate_der());
     let mut req = ctx.ws_url(sid).into_client_request()?;
+    req.headers_mut().insert(header::HOST, ctx.host.clone());
     for (k, v) in &ctx.headers {
         req.headers_mut().append(k.clone(), v.clone());
     }
@@ -103,7 +126,8 @@ pub(crate) async fn open_ws(ctx: &ConnCtx, sid: Option<&str>) -> Result<WsStream
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(16 * 1024);
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await?;
+    let (ws, _resp) =
+        tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -242,12 +266,12 @@ impl PollHttp {
         let req = self.ctx.request(method.clone(), uri, body.clone())?;
         let res = match self.ctx.polling_conn {
             PollingConn::Fresh => {
-                let mut conn = HttpConn::connect(self.ctx.addr).await?;
+                let mut conn = self.ctx.http_conn().await?;
                 conn.send(req).await?
             }
             PollingConn::KeepAlive => {
                 if self.conn.as_ref().is_none_or(HttpConn::is_closed) {
-                    self.conn = Some(HttpConn::connect(self.ctx.addr).await?);
+                    self.conn = Some(self.ctx.http_conn().await?);
                     self.reused = false;
                 }
                 let conn = self.conn.as_mut().expect("connection just set");
@@ -273,7 +297,7 @@ impl PollHttp {
                             f.error
                         );
                         let req = self.ctx.request(method, uri, body)?;
-                        let mut fresh = HttpConn::connect(self.ctx.addr).await?;
+                        let mut fresh = self.ctx.http_conn().await?;
                         self.reused = false;
                         let res = fresh.send(req).await?;
                         self.conn = Some(fresh);
@@ -1051,6 +1075,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// What the test server does with the second request on the first connection.
     #[derive(Clone, Copy)]
@@ -1131,6 +1156,8 @@ mod tests {
             host: HeaderValue::from_str(&addr.to_string()).unwrap(),
             polling_conn: PollingConn::KeepAlive,
             upgrade_timeout: Duration::from_secs(5),
+            conn: ConnectOptions::default(),
+            first_peer_cert: OnceLock::new(),
         }))
     }
 

@@ -28,6 +28,12 @@ pub enum Error {
     #[error("transport error: {0}")]
     Transport(String),
 
+    /// A TLS handshake failed (the server's certificate is not trusted or not valid for the
+    /// server name, the server does not speak TLS on that port, it aborted the handshake, ...),
+    /// or the TLS configuration could not be built. The message says which, and what to check.
+    #[error("TLS error: {0}")]
+    Tls(String),
+
     /// An operation did not complete in time; the string says which one.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -79,6 +85,11 @@ impl Error {
     /// True for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout(_))
+    }
+
+    /// True for [`Error::Tls`].
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::Tls(_))
     }
 
     /// True for [`Error::Closed`].

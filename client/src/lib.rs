@@ -1,7 +1,8 @@
 //! `sio-client`: a small async Socket.IO v5 / Engine.IO v4 client.
 //!
-//! It talks to real servers over real TCP (no TLS) and is used by the integration tests to drive
-//! a server, and by the load generator to open thousands of connections and measure latency.
+//! It talks to real servers over real TCP, optionally through TLS (rustls) and after a preamble
+//! such as a PROXY protocol header, and is used by the integration tests to drive a server, and
+//! by the load generator to open thousands of connections and measure latency.
 //!
 //! * Transports: websocket only, HTTP long-polling only, or polling then upgrade to websocket
 //!   (see [`Transport`]); polling over a fresh TCP connection per request or over kept-alive
@@ -15,11 +16,16 @@
 //! * Dropping a [`Client`] aborts its task and closes its sockets at once;
 //!   [`Client::disconnect`] closes cleanly. An [`Emitter`] emits from other tasks.
 //! * [`raw`] gives byte-level HTTP access (one keep-alive connection for many requests).
+//! * The door in front of the server: TLS on every connection ([`ClientConfig::tls`],
+//!   [`TlsConfig`]), bytes written first on every TCP connection, e.g. a PROXY protocol header
+//!   ([`ClientConfig::preamble`]), extra headers on every request of every transport, e.g.
+//!   `X-Forwarded-For` or `Cookie` ([`ClientConfig::header`]).
 //!
 //! # Limits
 //!
-//! No TLS, no automatic reconnection (a closed client stays closed), JSON parser only (no
-//! msgpack), HTTP/1.1 only. Ack ids are per client, counting from 0.
+//! No automatic reconnection (a closed client stays closed), JSON parser only (no msgpack),
+//! HTTP/1.1 only (TLS offers ALPN `http/1.1`), no client certificates unless given through
+//! [`TlsConfig::from_rustls`]. Ack ids are per client, counting from 0.
 //!
 //! # A server-side race to know about
 //!
@@ -65,16 +71,19 @@
 
 mod driver;
 mod error;
+mod net;
 pub mod packet;
 pub mod raw;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Method};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, header};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -82,6 +91,7 @@ use tokio::task::JoinHandle;
 use driver::{Cmd, ConnCtx, Driver, DriverInit, Io, PollHttp, Polling, Shared};
 pub use error::{Error, Result};
 pub use packet::{Handshake, as_binary, binary};
+pub use tls::TlsConfig;
 
 /// Which Engine.IO transport(s) to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,8 +140,16 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Extra query parameters added to every request (percent-encoded by the client).
     pub extra_query: Vec<(String, String)>,
-    /// Extra HTTP headers sent with every request, websocket upgrade included (e.g. `Cookie`).
+    /// Extra HTTP headers sent with every request: the polling handshake, every polling GET
+    /// and POST, every websocket request (websocket-only and upgrade). E.g. `Cookie`, or
+    /// `X-Forwarded-For` to test a trusted proxy. A `Host` given here replaces the default
+    /// one (the server address).
     pub headers: Vec<(String, String)>,
+    /// TLS for every connection (websocket = `wss`, polling = `https`); `None` = plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// Bytes written first on every new TCP connection, before TLS or HTTP (see
+    /// [`ClientConfig::preamble`]); `None` sends nothing.
+    pub preamble: Option<Bytes>,
 }
 
 impl ClientConfig {
@@ -148,6 +166,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             extra_query: Vec::new(),
             headers: Vec::new(),
+            tls: None,
+            preamble: None,
         }
     }
 
@@ -213,9 +233,56 @@ impl ClientConfig {
         self
     }
 
-    /// Adds an HTTP header to every request.
+    /// Adds an HTTP header to every request of every transport: polling handshake, GETs and
+    /// POSTs, websocket requests. Adding the same name twice sends both values (as two header
+    /// lines); a `Host` header replaces the default one.
+    ///
+    /// ```no_run
+    /// # fn demo(addr: std::net::SocketAddr) {
+    /// use sio_client::{ClientConfig, Transport};
+    /// let cfg = ClientConfig::new(addr, Transport::PollingThenUpgrade)
+    ///     .header("X-Forwarded-For", "203.0.113.7")
+    ///     .header("Cookie", "session=abc");
+    /// # }
+    /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Runs every connection through TLS: websocket becomes `wss`, polling `https`, and a
+    /// polling-then-upgrade client upgrades to `wss`. A failed handshake makes
+    /// [`Client::connect`] fail with [`Error::Tls`] (saying, e.g., that the certificate is not
+    /// trusted).
+    ///
+    /// ```no_run
+    /// # async fn demo(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Result<(), sio_client::Error> {
+    /// use sio_client::{Client, ClientConfig, TlsConfig, Transport};
+    /// let tls = TlsConfig::trusting_pem(ca_pem)?.server_name("localhost");
+    /// let client = Client::connect(ClientConfig::new(addr, Transport::Polling).tls(tls)).await?;
+    /// assert!(client.peer_certificate_der().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Writes `bytes` on the raw TCP stream right after connecting, before TLS or HTTP, on
+    /// every new TCP connection the client opens (a polling client opens several: handshake
+    /// and GETs, POSTs, the websocket of an upgrade, reconnections of kept-alive
+    /// connections). This is how a load balancer sends a PROXY protocol header; the bytes
+    /// are sent as given.
+    ///
+    /// ```no_run
+    /// # fn demo(addr: std::net::SocketAddr) {
+    /// use sio_client::{ClientConfig, Transport};
+    /// let cfg = ClientConfig::new(addr, Transport::WebSocket)
+    ///     .preamble("PROXY TCP4 203.0.113.7 127.0.0.1 51000 3000\r\n");
+    /// # }
+    /// ```
+    pub fn preamble(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.preamble = Some(bytes.into());
         self
     }
 }
@@ -273,6 +340,7 @@ pub struct Client {
     handshake: Handshake,
     socket_ids: HashMap<String, String>,
     upgrade_timeout: Duration,
+    peer_cert: Option<Vec<u8>>,
     task: JoinHandle<()>,
 }
 
@@ -393,7 +461,8 @@ impl Client {
     ///
     /// Fails with [`Error::Http`] (status + body) if a polling request or the websocket
     /// request is refused, [`Error::ConnectError`] if a namespace refuses the connection,
-    /// [`Error::Timeout`] past the deadline, [`Error::Io`] if the TCP connect fails.
+    /// [`Error::Timeout`] past the deadline, [`Error::Io`] if the TCP connect fails,
+    /// [`Error::Tls`] if a TLS handshake fails (e.g. an untrusted server certificate).
     pub async fn connect(cfg: ClientConfig) -> Result<Client> {
         let timeout = cfg.connect_timeout;
         let addr = cfg.addr;
@@ -411,22 +480,36 @@ impl Client {
             encode_query(v, &mut query);
         }
         let mut headers = Vec::with_capacity(cfg.headers.len());
+        let mut host = None;
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| Error::InvalidArgument(format!("header name {k:?}: {e}")))?;
             let value = HeaderValue::from_str(v)
                 .map_err(|e| Error::InvalidArgument(format!("header value {v:?}: {e}")))?;
-            headers.push((name, value));
+            if name == header::HOST {
+                host = Some(value);
+            } else {
+                headers.push((name, value));
+            }
         }
+        let host = match host {
+            Some(h) => h,
+            None => HeaderValue::from_str(&cfg.addr.to_string())
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        };
         let ctx = Arc::new(ConnCtx {
             addr: cfg.addr,
             path: cfg.path.clone(),
             query,
             headers,
-            host: HeaderValue::from_str(&cfg.addr.to_string())
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            host,
             polling_conn: cfg.polling_conn,
             upgrade_timeout: cfg.connect_timeout,
+            conn: raw::ConnectOptions {
+                tls: cfg.tls.clone(),
+                preamble: cfg.preamble.clone(),
+            },
+            first_peer_cert: OnceLock::new(),
         });
 
         let (io, handshake, initial) = match cfg.transport {
@@ -439,7 +522,7 @@ impl Client {
             Transport::Polling | Transport::PollingThenUpgrade => {
                 let mut http = PollHttp::new(ctx.clone());
                 let res = http
-                    .send(Method::GET, &ctx.handshake_uri(), bytes::Bytes::new())
+                    .send(Method::GET, &ctx.handshake_uri(), Bytes::new())
                     .await?;
                 let text = std::str::from_utf8(&res.body)
                     .map_err(|_| Error::Protocol("handshake response is not valid UTF-8".into()))?;
@@ -455,6 +538,7 @@ impl Client {
             }
         };
 
+        let peer_cert = ctx.first_peer_cert.get().cloned();
         let shared = Arc::new(Shared::new(cfg.transport));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -482,6 +566,7 @@ impl Client {
             handshake,
             socket_ids: HashMap::new(),
             upgrade_timeout: cfg.connect_timeout,
+            peer_cert,
             task,
         };
 
@@ -538,6 +623,14 @@ impl Client {
     /// The Engine.IO session id.
     pub fn sid(&self) -> &str {
         &self.handshake.sid
+    }
+
+    /// Over TLS, the DER encoding of the certificate the server presented on the client's
+    /// first connection (the one that carried the Engine.IO handshake): the first of its
+    /// chain, i.e. the server's own. `None` without TLS. Later connections (polling requests,
+    /// the upgrade's websocket) are verified the same way but not recorded.
+    pub fn peer_certificate_der(&self) -> Option<Vec<u8>> {
+        self.peer_cert.clone()
     }
 
     /// The full Engine.IO handshake (ping interval/timeout, max payload, upgrades).

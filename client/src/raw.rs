@@ -17,6 +17,22 @@
 //! let packets = raw::decode_payload(res.text()); // e.g. ["40{\"sid\":\"...\"}"]
 //! # Ok(()) }
 //! ```
+//!
+//! The same over TLS, behind a load balancer that sends a PROXY protocol header first
+//! ([`ConnectOptions`]: the preamble goes out on the raw TCP stream, before TLS and HTTP):
+//!
+//! ```no_run
+//! # async fn demo(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Result<(), sio_client::Error> {
+//! use sio_client::TlsConfig;
+//! use sio_client::raw::{self, ConnectOptions, HttpConn};
+//! let opts = ConnectOptions::new()
+//!     .tls(TlsConfig::trusting_pem(ca_pem)?)
+//!     .preamble("PROXY TCP4 203.0.113.7 127.0.0.1 40000 443\r\n");
+//! let mut conn = HttpConn::connect_with(addr, opts).await?;
+//! let res = conn.get(&raw::handshake_url("/socket.io/")).await?;
+//! let presented = conn.peer_certificate_der(); // the server's certificate (DER)
+//! # Ok(()) }
+//! ```
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,13 +47,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::net::{self, Stream};
 pub use crate::packet::{
     Handshake, RECORD_SEPARATOR, decode_payload, encode_payload, parse_open_packet, split_payload,
 };
+pub use crate::tls::TlsConfig;
 
 /// A response read by [`HttpConn::request`].
 #[derive(Debug, Clone)]
@@ -79,7 +96,51 @@ impl RawResponse {
     }
 }
 
-/// One persistent HTTP/1.1 connection (keep-alive). Dropping it closes the TCP connection.
+/// How to open a connection: TLS or not, and bytes to send first. Used by
+/// [`HttpConn::connect_with`] and [`send_bytes_with`]; the [`Client`](crate::Client) takes the
+/// same settings from [`ClientConfig::tls`](crate::ClientConfig::tls) and
+/// [`ClientConfig::preamble`](crate::ClientConfig::preamble).
+///
+/// The default is plain TCP with no preamble. Build with the setters or with the public fields:
+///
+/// ```no_run
+/// # fn demo(tls: sio_client::TlsConfig) {
+/// use sio_client::raw::ConnectOptions;
+/// let opts = ConnectOptions::new().tls(tls).preamble(&b"PROXY UNKNOWN\r\n"[..]);
+/// let same = ConnectOptions { tls: opts.tls.clone(), preamble: opts.preamble.clone() };
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Run a TLS handshake (after the preamble) and speak HTTP over it.
+    pub tls: Option<TlsConfig>,
+    /// Bytes written on the raw TCP stream right after connecting, before TLS or HTTP: e.g. a
+    /// PROXY protocol v1 line (`PROXY TCP4 198.51.100.1 127.0.0.1 5000 80\r\n`) or v2 header,
+    /// as a load balancer sends it. Sent as is; `None` or empty sends nothing.
+    pub preamble: Option<Bytes>,
+}
+
+impl ConnectOptions {
+    /// Plain TCP, no preamble.
+    pub fn new() -> Self {
+        ConnectOptions::default()
+    }
+
+    /// Uses TLS.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `bytes` first on the new TCP connection (see the `preamble` field).
+    pub fn preamble(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.preamble = Some(bytes.into());
+        self
+    }
+}
+
+/// One persistent HTTP/1.1 connection (keep-alive), plain or TLS. Dropping it closes the TCP
+/// connection.
 #[derive(Debug)]
 pub struct HttpConn {
     sender: http1::SendRequest<Full<Bytes>>,
@@ -87,6 +148,8 @@ pub struct HttpConn {
     host: HeaderValue,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
+    peer_cert: Option<Vec<u8>>,
+    tls: bool,
     io: Arc<IoCounters>,
 }
 
@@ -100,10 +163,12 @@ struct IoCounters {
     write_failed: AtomicBool,
 }
 
-/// A TCP stream that counts what it reads and notes failed writes (see [`IoCounters`]).
+/// A (plain or TLS) stream that counts what it reads and notes failed writes (see
+/// [`IoCounters`]). Over TLS it counts decrypted bytes: TLS records that carry no HTTP data
+/// (e.g. session tickets) are not "a response".
 #[derive(Debug)]
 struct Counted {
-    tcp: TcpStream,
+    tcp: Stream,
     io: Arc<IoCounters>,
 }
 
@@ -180,12 +245,40 @@ impl Drop for HttpConn {
 impl HttpConn {
     /// Opens a TCP connection to `addr` (with `TCP_NODELAY`) and sets up HTTP/1.1 on it.
     pub async fn connect(addr: SocketAddr) -> Result<HttpConn> {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let local_addr = tcp.local_addr()?;
+        Self::connect_opts(addr, &ConnectOptions::default()).await
+    }
+
+    /// Like [`HttpConn::connect`], over TLS: every request of this connection goes through the
+    /// same TLS session. Fails with [`Error::Tls`] if the handshake fails (e.g. the server's
+    /// certificate is not trusted by `tls`), [`Error::Timeout`] after
+    /// [`TLS_HANDSHAKE_TIMEOUT`](crate::tls::TLS_HANDSHAKE_TIMEOUT) without an answer.
+    ///
+    /// ```no_run
+    /// # async fn demo(addr: std::net::SocketAddr, ca_pem: &[u8]) -> Result<(), sio_client::Error> {
+    /// use sio_client::{TlsConfig, raw::{self, HttpConn}};
+    /// let tls = TlsConfig::trusting_pem(ca_pem)?;
+    /// let mut conn = HttpConn::connect_tls(addr, &tls).await?;
+    /// let res = conn.get(&raw::handshake_url("/socket.io/")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tls(addr: SocketAddr, tls: &TlsConfig) -> Result<HttpConn> {
+        Self::connect_opts(addr, &ConnectOptions::new().tls(tls.clone())).await
+    }
+
+    /// Opens a connection as `opts` says: TCP, then the preamble, then TLS (each optional),
+    /// then HTTP/1.1. The connection is never reopened, whatever the options.
+    pub async fn connect_with(addr: SocketAddr, opts: ConnectOptions) -> Result<HttpConn> {
+        Self::connect_opts(addr, &opts).await
+    }
+
+    pub(crate) async fn connect_opts(addr: SocketAddr, opts: &ConnectOptions) -> Result<HttpConn> {
+        let stream = net::open(addr, opts).await?;
+        let local_addr = stream.local_addr()?;
+        let peer_cert = stream.peer_certificate_der();
+        let tls = matches!(stream, Stream::Tls(_));
         let io = Arc::new(IoCounters::default());
         let counted = Counted {
-            tcp,
+            tcp: stream,
             io: io.clone(),
         };
         let (sender, conn) = http1::handshake(TokioIo::new(counted)).await?;
@@ -202,8 +295,22 @@ impl HttpConn {
             host,
             peer_addr: addr,
             local_addr,
+            peer_cert,
+            tls,
             io,
         })
+    }
+
+    /// Over TLS, the DER encoding of the certificate the server presented (the first of its
+    /// chain, i.e. its own); `None` on a plain connection. Compare it with the certificate the
+    /// server was given to check which one it serves.
+    pub fn peer_certificate_der(&self) -> Option<Vec<u8>> {
+        self.peer_cert.clone()
+    }
+
+    /// True if this connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The local address of the TCP connection (identifies the connection).
@@ -322,15 +429,37 @@ impl HttpConn {
 /// connection or `timeout` passes with no new data, and returns everything read.
 /// For malformed-request tests; nothing is parsed.
 pub async fn send_bytes(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<Bytes> {
-    let mut tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    tcp.write_all(request).await?;
+    send_bytes_with(addr, ConnectOptions::default(), request, timeout).await
+}
+
+/// Like [`send_bytes`], on a connection opened as `opts` says (preamble, TLS): e.g. a
+/// malformed request over TLS, or a PROXY header followed by a request. Over TLS, a server that
+/// closes without a TLS close_notify ends the read like a plain close.
+///
+/// ```no_run
+/// # async fn demo(addr: std::net::SocketAddr) -> Result<(), sio_client::Error> {
+/// use std::time::Duration;
+/// use sio_client::raw::{self, ConnectOptions};
+/// let opts = ConnectOptions::new().preamble("PROXY garbage\r\n");
+/// let reply = raw::send_bytes_with(addr, opts, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(2)).await?;
+/// # Ok(()) }
+/// ```
+pub async fn send_bytes_with(
+    addr: SocketAddr,
+    opts: ConnectOptions,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Bytes> {
+    let mut stream = net::open(addr, &opts).await?;
+    stream.write_all(request).await?;
+    stream.flush().await?;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match tokio::time::timeout(timeout, tcp.read(&mut buf)).await {
+        match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Ok(Err(e)) if out.is_empty() => return Err(e.into()),
             Ok(Err(_)) => break,
         }

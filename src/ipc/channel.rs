@@ -175,8 +175,25 @@ impl<M: Serialize> Sender<M> {
 impl<M: DeserializeOwned> Receiver<M> {
     /// Receives the next message and the descriptors that came with it, in order.
     ///
-    /// Returns `Ok(None)` once the peer has closed its end (the process exited).
+    /// Returns `Ok(None)` once the peer has closed its end (the process exited). A message whose
+    /// descriptors did not all fit this process's descriptor table is refused (see
+    /// [`recv_partial`](Self::recv_partial) to take what arrived).
     pub async fn recv(&mut self) -> Result<Option<(M, Vec<OwnedFd>)>, IpcError> {
+        match self.recv_partial().await? {
+            None => Ok(None),
+            Some((msg, fds, 0)) => Ok(Some((msg, fds))),
+            Some((_, fds, _)) => {
+                drop(fds);
+                Err(IpcError::Truncated("control data (MSG_CTRUNC)"))
+            }
+        }
+    }
+
+    /// Like [`recv`](Self::recv), but a message whose descriptors did not all fit this
+    /// process's descriptor table (`EMFILE`: the kernel installs them in order until one fails,
+    /// closes the rest and sets `MSG_CTRUNC`) is returned with the descriptors that arrived (the
+    /// first ones of the manifest) and how many were lost.
+    pub async fn recv_partial(&mut self) -> Result<Option<(M, Vec<OwnedFd>, usize)>, IpcError> {
         loop {
             let mut guard = self
                 .sock
@@ -189,18 +206,22 @@ impl<M: DeserializeOwned> Receiver<M> {
             let res = guard.try_io(|inner| recv_one(inner.as_raw_fd(), buf, cmsg));
             match res {
                 Ok(Ok(Ok(None))) => return Ok(None),
-                Ok(Ok(Ok(Some((len, fds))))) => {
+                Ok(Ok(Ok(Some((len, fds, truncated))))) => {
                     let expected = usize::from(self.buf[0]);
-                    if fds.len() != expected {
+                    let lost = if truncated && fds.len() < expected {
+                        expected - fds.len()
+                    } else if fds.len() != expected {
                         // The manifest disagrees with what arrived: drop the strays (closing
                         // them) and report it rather than misattribute a descriptor.
                         return Err(IpcError::Manifest {
                             expected,
                             got: fds.len(),
                         });
-                    }
+                    } else {
+                        0
+                    };
                     let msg = postcard::from_bytes(&self.buf[1..len]).map_err(IpcError::Decode)?;
-                    return Ok(Some((msg, fds)));
+                    return Ok(Some((msg, fds, lost)));
                 }
                 Ok(Ok(Err(e))) => return Err(e),
                 Ok(Err(e)) => return Err(IpcError::Socket("recvmsg", e)),
@@ -210,7 +231,8 @@ impl<M: DeserializeOwned> Receiver<M> {
     }
 }
 
-type Received = Option<(usize, Vec<OwnedFd>)>;
+/// Message length, its descriptors, and whether the kernel truncated the control data.
+type Received = Option<(usize, Vec<OwnedFd>, bool)>;
 
 /// One `recvmsg`; `Ok(None)` on EOF. Runs inside `try_io`, so `WouldBlock` must surface as an
 /// `io::Error` for tokio to clear readiness; everything else is wrapped as `Ok(Err(..))`.
@@ -248,10 +270,9 @@ fn recv_one(
     let len = n as usize;
     // Take ownership of every received descriptor first, so none leaks on an error path.
     let fds = take_fds(&mhdr);
-    if mhdr.msg_flags & libc::MSG_CTRUNC != 0 {
-        drop(fds);
-        return Ok(Err(IpcError::Truncated("control data (MSG_CTRUNC)")));
-    }
+    // MSG_CTRUNC: the control buffer always fits MAX_FDS descriptors, so truncation means
+    // this process's descriptor table is full; the caller decides (see `recv_partial`).
+    let truncated = mhdr.msg_flags & libc::MSG_CTRUNC != 0;
     if mhdr.msg_flags & libc::MSG_TRUNC != 0 {
         return Ok(Err(IpcError::Truncated("message (MSG_TRUNC)")));
     }
@@ -259,7 +280,7 @@ fn recv_one(
         // A zero-length datagram is never sent by us: SOCK_SEQPACKET reports EOF this way.
         return Ok(Ok(None));
     }
-    Ok(Ok(Some((len, fds))))
+    Ok(Ok(Some((len, fds, truncated))))
 }
 
 /// Every `SCM_RIGHTS` descriptor in the control data `recvmsg` just filled in, owned.

@@ -3,7 +3,7 @@
 //! These are small and latency-sensitive: connection hand-offs, session registration and
 //! look-ups, readiness, load and heartbeats. Anything bulky (adapter traffic) goes over the bus.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,15 +33,57 @@ pub enum ConnOrigin {
     },
 }
 
+/// Why a new session is turned away (answered `503` with `Retry-After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Every worker holds `--max-connections-per-worker` connections, or as many as its
+    /// descriptor limit allows.
+    WorkerFull,
+    /// The cluster holds `--max-connections` connections.
+    ClusterFull,
+    /// The client's address holds `--max-connections-per-ip` connections.
+    IpFull,
+}
+
+impl Refusal {
+    /// The text of the 503 response (and of the log line).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::WorkerFull => "every worker is at its connection limit",
+            Refusal::ClusterFull => "the server is at its connection limit",
+            Refusal::IpFull => "too many connections from your address",
+        }
+    }
+}
+
+/// What the primary knows of a connection's first request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FirstRequest {
+    /// The primary read its head and routed it (plain HTTP).
+    Routed,
+    /// The primary could not read it (TLS) and picked the worker by the balancer. When a cap is
+    /// reached, the worker answers the first request `503` unless it belongs to an existing
+    /// session (those are never refused).
+    Blind {
+        /// The cap the connection is over, if any.
+        refuse: Option<Refusal>,
+    },
+}
+
 /// What the primary attaches to a descriptor it passes (the manifest of the hand-off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnManifest {
     /// Connection number assigned by the primary (for logs).
     pub id: u64,
-    /// The client's address as the primary saw it.
+    /// The client's address: the TCP peer, or the source of its PROXY protocol header.
     pub peer: Option<SocketAddr>,
     /// Accepted or forwarded.
     pub origin: ConnOrigin,
+    /// Whether the primary read the first request.
+    pub first: FirstRequest,
+    /// The address this connection counts against for `--max-connections-per-ip`; the worker
+    /// reports it back when the connection closes ([`ToPrimary::Load`]).
+    pub counted_ip: Option<IpAddr>,
 }
 
 /// Primary → worker.
@@ -63,6 +105,13 @@ pub enum ToWorker {
         req: u64,
         /// The live worker owning the session, if any.
         owner: Option<MemberId>,
+    },
+    /// Answer to [`ToPrimary::Pick`].
+    Picked {
+        /// Request number chosen by the worker.
+        req: u64,
+        /// The worker the new session goes to, or why it is refused.
+        outcome: Result<MemberId, Refusal>,
     },
     /// Stop taking new work; finish what is in flight within `timeout_ms`, then exit.
     Drain {
@@ -86,6 +135,12 @@ pub enum ToPrimary {
     Load {
         /// Total connections closed since start.
         closed_total: u64,
+        /// Most connections this worker can hold within its descriptor limit, given the
+        /// descriptors it uses for other things (measured).
+        capacity: u64,
+        /// Addresses of closed connections that counted against a per-IP cap, one entry per
+        /// connection, since the previous report.
+        closed_ips: Vec<IpAddr>,
     },
     /// Liveness signal, sent periodically by the worker's runtime.
     Heartbeat {
@@ -120,6 +175,14 @@ pub enum ToPrimary {
         target: MemberId,
         /// Address of the client whose request is forwarded.
         peer: Option<SocketAddr>,
+    },
+    /// A handshake arrived on a kept-alive connection: which worker should take the new
+    /// session? (Balanced like a new connection, caps included.)
+    Pick {
+        /// Request number echoed in the reply.
+        req: u64,
+        /// The client's address (after X-Forwarded-For), for ip-hash and per-IP caps.
+        client_ip: Option<IpAddr>,
     },
 }
 

@@ -10,8 +10,17 @@
 //! answered 503 at once (then half-closed and drained on a short task, itself bounded, so the
 //! unread request does not turn the close into a reset that loses the 503), so a flood of idle
 //! connections never stalls the loop or exhausts descriptors.
+//!
+//! Before the head, the door: with `--proxy-protocol` the PROXY header is parsed from the
+//! peeked bytes and consumed (exactly its length), and its source becomes the client's address;
+//! with TLS the primary cannot read the head, so it checks only that the first byte starts a
+//! TLS handshake and lets the balancer pick (the worker terminates TLS and forwards a request of
+//! another worker's session). With `--trusted-proxies`, a trusted peer's `X-Forwarded-For`
+//! names the client. Caps apply to connections that may start a new session
+//! ([`caps`](super::caps)): over one, the primary answers 503 itself on plain HTTP; on TLS the
+//! worker answers it, unless the first request belongs to a live session.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,11 +31,88 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use crate::ipc::message::{ConnManifest, ConnOrigin, ToWorker};
+use crate::door::proxy_protocol::{self, ProxyError, ProxyParse};
+use crate::door::tls;
+use crate::ipc::message::{ConnManifest, ConnOrigin, FirstRequest, ToWorker};
 
-use super::Shared;
-use super::peek::{Parsed, parse_head, peek_fd, peek_head};
+use super::caps::refusal_response;
+use super::peek::{Parsed, PeekError, RequestHead, consume_fd, parse_head, peek_fd, peek_until};
 use super::slot::{Reserved, WorkerHandle};
+use super::{Decision, Shared};
+
+/// A connection as the door knows it so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// The TCP peer.
+    pub tcp_peer: SocketAddr,
+    /// The client: the TCP peer, or the source of its PROXY header.
+    pub client: SocketAddr,
+    /// No PROXY header is (still) expected: consumed already, or not configured.
+    pub proxied: bool,
+}
+
+impl Arrival {
+    fn new(shared: &Shared, peer: SocketAddr) -> Self {
+        Self {
+            tcp_peer: peer,
+            client: peer,
+            proxied: !shared.config.proxy_protocol,
+        }
+    }
+
+    /// The client address for routing and caps: `X-Forwarded-For` if the peer is trusted.
+    fn client_ip(&self, shared: &Shared, head: Option<&RequestHead>) -> IpAddr {
+        let ip = self.client.ip();
+        match head.and_then(|h| h.forwarded_for) {
+            Some(f) if shared.rules.trusted.contains(ip) => f,
+            _ => ip,
+        }
+    }
+
+    /// The client address a worker is told (the port is unknown when it comes from
+    /// `X-Forwarded-For`).
+    fn client_addr(&self, ip: IpAddr) -> SocketAddr {
+        if ip == self.client.ip() {
+            self.client
+        } else {
+            SocketAddr::new(ip, 0)
+        }
+    }
+}
+
+/// What the bytes after the PROXY header (if any) say.
+enum Look {
+    /// More bytes are needed.
+    Partial,
+    /// A TLS handshake: route blind.
+    Tls,
+    /// A plain HTTP head.
+    Plain(RequestHead),
+    /// Not TLS on the TLS port.
+    PlainOnTls,
+}
+
+fn look(shared: &Shared, bytes: &[u8]) -> Result<Look, PeekError> {
+    if shared.tls {
+        return Ok(match bytes.first() {
+            None => Look::Partial,
+            Some(&tls::HANDSHAKE_RECORD) => Look::Tls,
+            Some(_) => Look::PlainOnTls,
+        });
+    }
+    Ok(match parse_head(bytes, &shared.rules)? {
+        Parsed::Complete(head) => Look::Plain(head),
+        Parsed::Partial => Look::Partial,
+    })
+}
+
+fn proxy_peek_error(e: ProxyError) -> PeekError {
+    match e {
+        ProxyError::Missing => PeekError::Malformed("no PROXY protocol header (--proxy-protocol)"),
+        ProxyError::Malformed(m) => PeekError::Malformed(m),
+        ProxyError::TooLarge(n) => PeekError::TooLarge(n),
+    }
+}
 
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
@@ -63,8 +149,8 @@ pub(crate) async fn accept_loop(
         };
         match ready.try_io(|l| accept_raw(l.get_ref())) {
             Ok(Ok((fd, peer))) => {
-                if let Some(fd) = fast_path(&shared, fd, peer) {
-                    to_task(&shared, fd, peer, &mut last_warning);
+                if let Some((fd, arrival)) = fast_path(&shared, fd, peer) {
+                    to_task(&shared, fd, arrival, &mut last_warning);
                 }
             }
             Ok(Err(e)) => {
@@ -111,29 +197,47 @@ fn accept_raw(listener: &std::net::TcpListener) -> std::io::Result<(OwnedFd, Soc
 
 /// Tries to route and hand off a just-accepted connection without waiting; gives the
 /// descriptor back when it has to wait (incomplete head, busy worker) or answer an error.
-fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<OwnedFd> {
+fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<(OwnedFd, Arrival)> {
+    let mut arrival = Arrival::new(shared, peer);
     let mut buf = [0u8; 2048];
     let n = match peek_fd(fd.as_fd(), &mut buf) {
         Ok(0) => return None, // closed before sending anything
         Ok(n) => n,
-        Err(_) => return Some(fd),
+        Err(_) => return Some((fd, arrival)),
     };
-    let head = match parse_head(&buf[..n], &shared.rules) {
-        Ok(Parsed::Complete(head)) => head,
-        // Incomplete, or an error the task will answer: the slow path handles both.
-        _ => return Some(fd),
+    let mut bytes = &buf[..n];
+    if !arrival.proxied {
+        match proxy_protocol::parse(bytes) {
+            Ok(ProxyParse::Complete(h)) => {
+                if let Err(e) = consume_fd(fd.as_fd(), h.len) {
+                    tracing::debug!(%peer, "cannot consume a PROXY header: {e}");
+                    return None;
+                }
+                arrival.client = h.source.unwrap_or(peer);
+                arrival.proxied = true;
+                bytes = &bytes[h.len..];
+            }
+            // Incomplete, or an error the task logs: the slow path handles both.
+            _ => return Some((fd, arrival)),
+        }
+    }
+    let (head, first) = match look(shared, bytes) {
+        Ok(Look::Plain(head)) => (Some(head), FirstRequest::Routed),
+        Ok(Look::Tls) => (None, FirstRequest::Blind { refuse: None }),
+        _ => return Some((fd, arrival)),
     };
-    // No worker ready: the task path answers 503.
-    let Some(worker) = shared.route(&head, Some(peer.ip())) else {
-        return Some(fd);
+    let ip = arrival.client_ip(shared, head.as_ref());
+    // Refusals, and no worker ready: the task path answers.
+    let Decision::Serve(worker) = shared.route(head.as_ref(), Some(ip)) else {
+        return Some((fd, arrival));
     };
     match worker.try_reserve() {
         Some(slot) => {
             shared.stats.on_accept.fetch_add(1, Ordering::Relaxed);
-            hand_off(shared, &worker, slot, fd, peer);
+            hand_off(shared, &worker, slot, fd, arrival.client_addr(ip), first);
             None
         }
-        None => Some(fd),
+        None => Some((fd, arrival)),
     }
 }
 
@@ -141,16 +245,16 @@ fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<Owne
 fn to_task(
     shared: &Arc<Shared>,
     fd: OwnedFd,
-    peer: SocketAddr,
+    arrival: Arrival,
     last_warning: &mut Option<Instant>,
 ) {
     let std = std::net::TcpStream::from(fd);
     match shared.pending.clone().try_acquire_owned() {
         Ok(permit) => match TcpStream::from_std(std) {
             Ok(stream) => {
-                tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
+                tokio::spawn(serve_connection(shared.clone(), stream, arrival, permit));
             }
-            Err(e) => tracing::warn!(%peer, "cannot register a connection: {e}"),
+            Err(e) => tracing::warn!(peer = %arrival.tcp_peer, "cannot register a connection: {e}"),
         },
         Err(_) => {
             shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +265,12 @@ fn to_task(
                     "too many connections waiting for a request head; answering 503 (raise --max-pending-heads?)"
                 );
             }
-            refuse(shared, std);
+            if shared.tls {
+                // No plaintext 503 on a TLS port: the client would not understand it.
+                drop(std);
+            } else {
+                refuse(shared, std);
+            }
         }
     }
 }
@@ -209,15 +318,19 @@ fn hand_off(
     worker: &WorkerHandle,
     slot: Reserved<'_>,
     fd: OwnedFd,
-    peer: SocketAddr,
+    client: SocketAddr,
+    first: FirstRequest,
 ) {
     let id = shared.stats.handed.fetch_add(1, Ordering::Relaxed);
     worker.handed.fetch_add(1, Ordering::Relaxed);
+    let counted_ip = shared.caps.count(Some(client.ip()), &worker.per_ip);
     slot.send(
         ToWorker::Conn(ConnManifest {
             id,
-            peer: Some(peer),
+            peer: Some(client),
             origin: ConnOrigin::Accepted,
+            first,
+            counted_ip,
         }),
         Some(fd),
     );
@@ -232,36 +345,103 @@ pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
 /// queued for a worker that died before receiving them: their bytes are still unread).
 pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut arrival: Arrival,
     permit: OwnedSemaphorePermit,
 ) {
+    let peer = arrival.tcp_peer;
     let deadline = Instant::now() + shared.config.head_timeout();
-    let head = match peek_head(&stream, &shared.rules, deadline).await {
-        Ok(head) => head,
+    if !arrival.proxied {
+        let header = peek_until(&stream, proxy_protocol::MAX_HEADER, deadline, |b| {
+            match proxy_protocol::parse(b) {
+                Ok(ProxyParse::Complete(h)) => Ok(Some(h)),
+                Ok(ProxyParse::Partial) => Ok(None),
+                Err(e) => Err(proxy_peek_error(e)),
+            }
+        })
+        .await;
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => {
+                // The peer is a proxy that must speak PROXY protocol (or a client that bypassed
+                // it): close without an answer.
+                shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "closing connection: PROXY protocol: {e}");
+                return;
+            }
+        };
+        let mut skip = vec![0u8; header.len];
+        if let Err(e) = stream.read_exact(&mut skip).await {
+            tracing::debug!(%peer, "cannot consume a PROXY header: {e}");
+            return;
+        }
+        arrival.client = header.source.unwrap_or(peer);
+        arrival.proxied = true;
+    }
+    let max = if shared.tls { 1 } else { shared.rules.max_head };
+    let looked = peek_until(&stream, max, deadline, |b| match look(&shared, b)? {
+        Look::Partial => Ok(None),
+        other => Ok(Some(other)),
+    })
+    .await;
+    let (head, mut first) = match looked {
+        Ok(Look::Plain(head)) => (Some(head), FirstRequest::Routed),
+        Ok(Look::Tls) => (None, FirstRequest::Blind { refuse: None }),
+        Ok(Look::PlainOnTls) => {
+            shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "plain HTTP on the TLS port; answering 400");
+            respond_and_close(stream, tls::PLAINTEXT_ON_TLS_PORT).await;
+            return;
+        }
+        Ok(Look::Partial) => unreachable!("peek_until returns only complete looks"),
         Err(e) => {
             shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "closing connection: {e}");
-            if let Some(resp) = e.response() {
+            if !shared.tls
+                && let Some(resp) = e.response()
+            {
                 respond_and_close(stream, resp).await;
             }
             drop(permit);
             return;
         }
     };
-    if head.bad_sid {
+    if head.as_ref().is_some_and(|h| h.bad_sid) {
         tracing::debug!(%peer, "request with a malformed sid; routing it like an unknown session");
     }
-    let Some(worker) = shared.route(&head, Some(peer.ip())) else {
-        tracing::warn!(%peer, "no worker is ready; answering 503");
-        respond_and_close(stream, SERVICE_UNAVAILABLE).await;
-        return;
+    let ip = arrival.client_ip(&shared, head.as_ref());
+    let worker = match shared.route(head.as_ref(), Some(ip)) {
+        Decision::Serve(w) => w,
+        Decision::Refuse(r) => {
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, client = %ip, "new session refused: {}", r.reason());
+            if head.is_some() {
+                respond_and_close(stream, &refusal_response(r)).await;
+                return;
+            }
+            // TLS: a worker answers it, unless it belongs to a live session.
+            let Some(w) = shared.any_with_descriptors() else {
+                tracing::warn!(%peer, "every worker is at its descriptor limit; closing a TLS connection");
+                return;
+            };
+            first = FirstRequest::Blind { refuse: Some(r) };
+            w
+        }
+        Decision::NoWorker => {
+            tracing::warn!(%peer, "no worker is ready; answering 503");
+            if !shared.tls {
+                respond_and_close(stream, SERVICE_UNAVAILABLE).await;
+            }
+            return;
+        }
     };
     let reservation =
         tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), worker.reserve()).await;
     let Ok(Ok(slot)) = reservation else {
         tracing::warn!(%peer, worker = %worker.member, "worker is not taking connections; answering 503");
-        respond_and_close(stream, SERVICE_UNAVAILABLE).await;
+        if !shared.tls {
+            respond_and_close(stream, SERVICE_UNAVAILABLE).await;
+        }
         return;
     };
     let fd: OwnedFd = match stream.into_std() {
@@ -271,7 +451,7 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    hand_off(&shared, &worker, slot, fd, peer);
+    hand_off(&shared, &worker, slot, fd, arrival.client_addr(ip), first);
     drop(permit);
 }
 

@@ -17,7 +17,7 @@ use crate::ipc::channel::{self, MAX_FDS, Receiver, Sender};
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToPrimary, ToWorker};
 
 use super::slot::{Outgoing, Phase, WorkerHandle};
-use super::{Event, Shared};
+use super::{Decision, Event, Shared};
 
 /// Starts both tasks of the link.
 pub(crate) fn start(
@@ -64,11 +64,11 @@ async fn write_loop(
                     if let Err(e) = send_conns(&tx, &mut conns).await {
                         tracing::debug!(worker = %handle.member, "control channel closed: {e}");
                         for (m, fd) in conns.drain(..) {
-                            rehome(&shared, ToWorker::Conn(m), Some(fd));
+                            rehome(&shared, &handle, ToWorker::Conn(m), Some(fd));
                         }
                         next.into_iter()
                             .chain(items)
-                            .for_each(|o| rehome(&shared, o.msg, o.fd));
+                            .for_each(|o| rehome(&shared, &handle, o.msg, o.fd));
                         break 'run;
                     }
                 }
@@ -77,8 +77,8 @@ async fn write_loop(
             let fds: Vec<_> = item.fd.iter().map(|f| f.as_fd()).collect();
             if let Err(e) = tx.send(&item.msg, &fds).await {
                 tracing::debug!(worker = %handle.member, "control channel closed: {e}");
-                rehome(&shared, item.msg, item.fd);
-                items.for_each(|o| rehome(&shared, o.msg, o.fd));
+                rehome(&shared, &handle, item.msg, item.fd);
+                items.for_each(|o| rehome(&shared, &handle, o.msg, o.fd));
                 break 'run;
             }
         }
@@ -87,7 +87,7 @@ async fn write_loop(
     // bytes are unread and they can be routed again.
     queue.close();
     while let Some(Outgoing { msg, fd }) = queue.recv().await {
-        rehome(&shared, msg, fd);
+        rehome(&shared, &handle, msg, fd);
     }
 }
 
@@ -111,7 +111,15 @@ async fn send_conns(
     Ok(())
 }
 
-fn rehome(shared: &Arc<Shared>, msg: ToWorker, fd: Option<OwnedFd>) {
+fn rehome(shared: &Arc<Shared>, handle: &WorkerHandle, msg: ToWorker, fd: Option<OwnedFd>) {
+    if let ToWorker::Conn(ConnManifest {
+        counted_ip: Some(ip),
+        ..
+    }) = &msg
+    {
+        // Counted again when it is handed anew.
+        shared.caps.closed(&[*ip], &handle.per_ip);
+    }
     if let (
         ToWorker::Conn(ConnManifest {
             origin: ConnOrigin::Accepted,
@@ -150,8 +158,34 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 shared.hub.set_ready(member, server_uid);
                 let _ = shared.events.send(Event::Ready(member));
             }
-            ToPrimary::Load { closed_total } => {
+            ToPrimary::Load {
+                closed_total,
+                capacity,
+                closed_ips,
+            } => {
                 handle.closed.store(closed_total, Ordering::Relaxed);
+                handle.capacity.store(capacity, Ordering::Relaxed);
+                shared.caps.closed(&closed_ips, &handle.per_ip);
+            }
+            ToPrimary::Pick { req, client_ip } => {
+                let outcome = {
+                    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+                    match shared.new_session(&roster, None, client_ip) {
+                        Decision::Serve(h) => Ok(h.member),
+                        Decision::Refuse(r) => Err(r),
+                        Decision::NoWorker => Ok(member),
+                    }
+                };
+                if outcome.is_err() {
+                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                if handle
+                    .send(ToWorker::Picked { req, outcome }, None)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
             ToPrimary::Heartbeat { seq: _, rss_bytes } => {
                 *handle.last_heartbeat.lock().unwrap() = Instant::now();
@@ -205,6 +239,8 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                             id,
                             peer,
                             origin: ConnOrigin::Forwarded { from: member },
+                            first: crate::ipc::message::FirstRequest::Routed,
+                            counted_ip: None,
                         };
                         // Dropping the socket on failure closes it; the forwarding worker then
                         // answers its client with an error.

@@ -16,6 +16,7 @@
 
 pub mod accept;
 pub mod balance;
+pub mod caps;
 pub mod hub;
 pub mod link;
 pub mod listener;
@@ -82,6 +83,9 @@ pub enum SupervisorError {
     /// The config file cannot be used.
     #[error(transparent)]
     ConfigFile(#[from] crate::config_file::ConfigFileError),
+    /// `--tls-cert` / `--tls-key` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::door::tls::TlsError),
 }
 
 /// Lifecycle events, handled by the supervision loop.
@@ -108,6 +112,8 @@ pub(crate) struct Stats {
     pub overloaded: AtomicU64,
     /// Connections closed for a bad, slow or missing head.
     pub bad_heads: AtomicU64,
+    /// New sessions refused by a cap.
+    pub refused: AtomicU64,
 }
 
 /// State shared by the primary's tasks.
@@ -123,25 +129,82 @@ pub(crate) struct Shared {
     pub lingering: Arc<Semaphore>,
     pub events: mpsc::UnboundedSender<Event>,
     pub stats: Stats,
+    /// Connection caps and per-address counts.
+    pub caps: caps::Caps,
+    /// The TLS configuration is on: connections start with a TLS record, heads are not read.
+    pub tls: bool,
+}
+
+/// Where a connection (or a new session on a kept-alive connection) goes.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// To this worker.
+    Serve(Arc<WorkerHandle>),
+    /// Nowhere: a cap is reached (answer 503 with Retry-After).
+    Refuse(crate::ipc::message::Refusal),
+    /// No worker is ready.
+    NoWorker,
 }
 
 impl Shared {
-    /// The worker for a request head: the owner of its session, else the worker its sticky
-    /// cookie names, else the balancer's choice among ready workers.
-    pub fn route(&self, head: &RequestHead, peer: Option<IpAddr>) -> Option<Arc<WorkerHandle>> {
-        let roster = self.roster.read().unwrap();
-        if let Some(sid) = &head.sid {
-            let owner = self.sids.lock().unwrap().owner(sid);
+    /// The worker for a connection: for a request of a live session, its owner (never
+    /// refused); otherwise, within the caps, the worker the sticky cookie names, else the
+    /// balancer's choice among ready workers with room. `head` is `None` when the first request
+    /// cannot be read (TLS).
+    pub fn route(&self, head: Option<&RequestHead>, client: Option<IpAddr>) -> Decision {
+        let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(sid) = head.and_then(|h| h.sid.as_ref()) {
+            let owner = self
+                .sids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .owner(sid);
             if let Some(h) = owner.and_then(|m| roster.get(m)).filter(|h| h.is_alive()) {
-                return Some(h.clone());
+                return Decision::Serve(h.clone());
             }
             // Unknown session: any worker answers it as a single server would (400).
         }
-        if let Some(h) = head.cookie_slot.and_then(|slot| roster.ready_in_slot(slot)) {
-            return Some(h.clone());
+        self.new_session(&roster, head.and_then(|h| h.cookie_slot), client)
+    }
+
+    /// The worker for a new session (caps first, then the cookie's slot, then the balancer).
+    pub fn new_session(
+        &self,
+        roster: &Roster,
+        cookie_slot: Option<usize>,
+        client: Option<IpAddr>,
+    ) -> Decision {
+        let open_total = roster
+            .iter()
+            .filter(|h| h.is_alive())
+            .map(|h| h.load())
+            .sum();
+        if let Some(r) = self.caps.check(open_total, client) {
+            return Decision::Refuse(r);
         }
-        let (cands, handles) = roster.candidates();
-        self.balancer.pick(&cands, peer).map(|i| handles[i].clone())
+        let per_worker = self.caps.per_worker;
+        if let Some(h) = cookie_slot
+            .and_then(|slot| roster.ready_in_slot(slot))
+            .filter(|h| h.has_room(per_worker))
+        {
+            return Decision::Serve(h.clone());
+        }
+        let (cands, handles) = roster.candidates(per_worker);
+        match self.balancer.pick(&cands, client) {
+            Some(i) => Decision::Serve(handles[i].clone()),
+            None if roster.count(Phase::Ready) > 0 => {
+                Decision::Refuse(crate::ipc::message::Refusal::WorkerFull)
+            }
+            None => Decision::NoWorker,
+        }
+    }
+
+    /// A worker that can still receive a descriptor (below its descriptor capacity), least
+    /// loaded first: where a TLS connection over a cap goes to be answered 503.
+    pub fn any_with_descriptors(&self) -> Option<Arc<WorkerHandle>> {
+        let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
+        let (_, handles) = roster.candidates(u64::MAX);
+        handles.into_iter().min_by_key(|h| h.load())
     }
 
     /// One-line summary of the cluster (logged periodically, and systemd's STATUS=).
@@ -165,7 +228,8 @@ impl Shared {
         )
     }
 
-    /// Routes again a connection whose worker died before receiving it.
+    /// Routes again a connection whose worker died before receiving it (its PROXY header, if
+    /// any, was consumed already: `peer` is the client's address from it).
     pub fn rehome(self: &Arc<Self>, fd: OwnedFd, peer: SocketAddr) {
         let std = std::net::TcpStream::from(fd);
         let Ok(stream) = tokio::net::TcpStream::from_std(std) else {
@@ -174,7 +238,17 @@ impl Shared {
         let Ok(permit) = self.pending.clone().try_acquire_owned() else {
             return;
         };
-        tokio::spawn(accept::serve_connection(self.clone(), stream, peer, permit));
+        let arrival = accept::Arrival {
+            tcp_peer: peer,
+            client: peer,
+            proxied: true,
+        };
+        tokio::spawn(accept::serve_connection(
+            self.clone(),
+            stream,
+            arrival,
+            permit,
+        ));
     }
 }
 
@@ -192,6 +266,10 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
         }
         None => (config, EnvFile::default()),
     };
+    if let Some((cert, key)) = config.tls() {
+        // One clear line at start for a certificate or key that cannot serve.
+        crate::door::tls::load(cert, key)?;
+    }
     let (std_listener, activated) = match listener::from_systemd()? {
         Some(l) => (l, true),
         None => (listener::bind(config.listen, config.backlog)?, false),
@@ -219,6 +297,12 @@ pub fn run(config: Config, exe: PathBuf, args: Vec<OsString>) -> Result<(), Supe
             .run(std_listener, activated)
             .await
     })
+}
+
+/// The soft open-file limit in force (workers inherit it).
+pub(crate) fn nofile_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// Raises the soft open-file limit to the hard limit: every connection is a descriptor, and

@@ -28,6 +28,9 @@ pub struct RequestHead {
     pub cookie_slot: Option<usize>,
     /// Length of the head in bytes.
     pub len: usize,
+    /// The client by `X-Forwarded-For`, if the connection's peer is a trusted proxy (computed
+    /// only with `--trusted-proxies`; the caller checks the peer).
+    pub forwarded_for: Option<std::net::IpAddr>,
 }
 
 /// Why no head could be read.
@@ -69,7 +72,7 @@ impl PeekError {
 }
 
 /// How to interpret heads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HeadRules {
     /// Engine.IO path prefix, with trailing slash (e.g. `/socket.io/`).
     pub engine_prefix: String,
@@ -77,6 +80,8 @@ pub struct HeadRules {
     pub cookie: Option<String>,
     /// Largest head accepted.
     pub max_head: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted: crate::TrustedProxies,
 }
 
 /// Outcome of parsing the bytes peeked so far.
@@ -127,6 +132,14 @@ pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<Parsed, PeekError> {
                     .find_map(|v| cookie_value(v, name))
                     .and_then(parse_slot_token);
             }
+            if !rules.trusted.is_empty() {
+                head.forwarded_for = rules.trusted.forwarded_client(
+                    req.headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case(crate::door::forwarded::HEADER))
+                        .map(|h| h.value),
+                );
+            }
             Ok(Parsed::Complete(head))
         }
         Err(httparse::Error::TooManyHeaders) => Err(PeekError::TooLarge(rules.max_head)),
@@ -166,10 +179,28 @@ pub async fn peek_head(
     rules: &HeadRules,
     deadline: Instant,
 ) -> Result<RequestHead, PeekError> {
+    peek_until(stream, rules.max_head, deadline, |bytes| {
+        Ok(match parse_head(bytes, rules)? {
+            Parsed::Complete(head) => Some(head),
+            Parsed::Partial => None,
+        })
+    })
+    .await
+}
+
+/// Peeks until `parse` makes sense of the bytes received so far (`Ok(Some)`) or refuses them,
+/// looking at no more than `max` bytes, until `deadline`. `parse` returns `Ok(None)` while it
+/// needs more bytes. Nothing is consumed.
+pub(crate) async fn peek_until<T>(
+    stream: &TcpStream,
+    max: usize,
+    deadline: Instant,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, PeekError>,
+) -> Result<T, PeekError> {
     let deadline = tokio::time::Instant::from_std(deadline);
-    let mut buf = vec![0u8; rules.max_head.min(2048)];
-    enum Step {
-        Done(RequestHead),
+    let mut buf = vec![0u8; max.clamp(1, 2048)];
+    enum Step<T> {
+        Done(T),
         Fail(PeekError),
         Grow,
     }
@@ -184,23 +215,24 @@ pub async fn peek_head(
                 if n == 0 {
                     return Ok(Step::Fail(PeekError::Closed));
                 }
-                match parse_head(&buf[..n], rules) {
-                    Ok(Parsed::Complete(head)) => Ok(Step::Done(head)),
+                match parse(&buf[..n]) {
+                    Ok(Some(v)) => Ok(Step::Done(v)),
                     Err(e) => Ok(Step::Fail(e)),
-                    // Buffer full but under the limit: grow and peek again right away.
-                    Ok(Parsed::Partial) if n == buf.len() => Ok(Step::Grow),
-                    Ok(Parsed::Partial) if ready.is_read_closed() => {
-                        Ok(Step::Fail(PeekError::Closed))
+                    // Buffer full: grow and peek again right away, up to the limit.
+                    Ok(None) if n == buf.len() && n >= max => {
+                        Ok(Step::Fail(PeekError::TooLarge(max)))
                     }
+                    Ok(None) if n == buf.len() => Ok(Step::Grow),
+                    Ok(None) if ready.is_read_closed() => Ok(Step::Fail(PeekError::Closed)),
                     // Incomplete: clear readiness and wait for more bytes.
-                    Ok(Parsed::Partial) => Err(std::io::ErrorKind::WouldBlock.into()),
+                    Ok(None) => Err(std::io::ErrorKind::WouldBlock.into()),
                 }
             });
             match attempt {
-                Ok(Step::Done(head)) => return Ok(head),
+                Ok(Step::Done(v)) => return Ok(v),
                 Ok(Step::Fail(e)) => return Err(e),
                 Ok(Step::Grow) => {
-                    let new_len = (buf.len() * 4).min(rules.max_head);
+                    let new_len = (buf.len() * 4).min(max);
                     buf.resize(new_len, 0);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -211,6 +243,35 @@ pub async fn peek_head(
     tokio::time::timeout_at(deadline, fut)
         .await
         .unwrap_or(Err(PeekError::Timeout))
+}
+
+/// Consumes exactly `len` bytes that a peek showed are already received (a PROXY header),
+/// without waiting.
+pub(crate) fn consume_fd(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<()> {
+    let mut scratch = [0u8; 256];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(scratch.len());
+        // SAFETY: `scratch` is valid for writes of `want` bytes for the whole call, and the
+        // descriptor is kept open by the borrow.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return Err(if n == 0 {
+                std::io::ErrorKind::UnexpectedEof.into()
+            } else {
+                std::io::Error::last_os_error()
+            });
+        }
+        left -= n as usize;
+    }
+    Ok(())
 }
 
 fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -252,6 +313,7 @@ mod tests {
             engine_prefix: "/socket.io/".into(),
             cookie: Some("sio".into()),
             max_head: 1024,
+            ..Default::default()
         }
     }
 

@@ -30,7 +30,7 @@ use super::notify::Notifier;
 use super::peek::HeadRules;
 use super::slot::{CONTROL_QUEUE, Phase, WorkerHandle};
 use super::spawn::Spawner;
-use super::{Event, Shared, Stats, SupervisorError, accept, link};
+use super::{Event, Shared, Stats, SupervisorError, accept, caps, link, nofile_limit};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
@@ -133,7 +133,10 @@ impl Primary {
                 engine_prefix: config.engine_path_prefix(),
                 cookie: config.sticky_cookie.clone(),
                 max_head: config.max_head_bytes,
+                trusted: config.trusted_proxies.clone(),
             },
+            caps: caps::Caps::new(&config, nofile_limit(), n),
+            tls: config.tls().is_some(),
             roster: Default::default(),
             sids: Default::default(),
             hub: Hub::new(config.bus_queue_bytes),
@@ -293,6 +296,14 @@ impl Primary {
     /// error says which and what to do.
     fn reread_config_file(&mut self) -> bool {
         let Some(path) = self.config.config_file.clone() else {
+            // The certificate files may have been replaced: new workers read them; refuse a
+            // reload that would start workers unable to serve.
+            if let Some((cert, key)) = self.config.tls()
+                && let Err(e) = crate::door::tls::load(cert, key)
+            {
+                tracing::error!("reload refused, workers unchanged: {e}; fix it and reload again");
+                return false;
+            }
             return true;
         };
         let read = EnvFile::read(&path)
@@ -306,6 +317,12 @@ impl Primary {
                 return false;
             }
         };
+        if let Some((cert, key)) = new.tls()
+            && let Err(e) = crate::door::tls::load(cert, key)
+        {
+            tracing::error!("reload refused, workers unchanged: {e}; fix it and reload again");
+            return false;
+        }
         let plan = ReloadPlan::new(&self.config, &new);
         if !plan.refused.is_empty() {
             tracing::error!(
@@ -675,6 +692,7 @@ impl Primary {
     /// Removes an exited worker everywhere; returns its handle (with the phase it had).
     fn forget(&self, member: MemberId) -> Option<Arc<WorkerHandle>> {
         let h = self.shared.roster.write().unwrap().remove(member)?;
+        self.shared.caps.forget_worker(&h.per_ip);
         let purged = self.shared.sids.lock().unwrap().purge(member);
         if purged > 0 {
             tracing::info!(

@@ -76,6 +76,10 @@ pub struct WorkerHandle {
     pub last_heartbeat: Mutex<Instant>,
     /// Resident memory reported by its last heartbeat.
     pub rss: AtomicU64,
+    /// Most connections its descriptor limit leaves room for, as it last reported.
+    pub capacity: AtomicU64,
+    /// Its connections counted per client address (`--max-connections-per-ip`).
+    pub per_ip: super::caps::PerIp,
     kill: Notify,
 }
 
@@ -95,6 +99,8 @@ impl WorkerHandle {
             uid: OnceLock::new(),
             last_heartbeat: Mutex::new(now),
             rss: AtomicU64::new(0),
+            capacity: AtomicU64::new(u64::MAX),
+            per_ip: Default::default(),
             kill: Notify::new(),
         }
     }
@@ -132,6 +138,11 @@ impl WorkerHandle {
         self.handed
             .load(Ordering::Relaxed)
             .saturating_sub(self.closed.load(Ordering::Relaxed))
+    }
+
+    /// Whether it can take one more connection under `cap` and its descriptor capacity.
+    pub fn has_room(&self, cap: u64) -> bool {
+        self.load() < cap.min(self.capacity.load(Ordering::Relaxed))
     }
 
     /// Queues a control message, waiting while the queue is full.
@@ -205,12 +216,13 @@ impl Roster {
             .max_by_key(|h| h.member)
     }
 
-    /// Workers taking new sessions, sorted by slot, with the handles in the same order.
-    pub fn candidates(&self) -> (Vec<Candidate>, Vec<Arc<WorkerHandle>>) {
+    /// Workers taking new sessions with room under `cap` connections, sorted by slot, with the
+    /// handles in the same order.
+    pub fn candidates(&self, cap: u64) -> (Vec<Candidate>, Vec<Arc<WorkerHandle>>) {
         let mut ready: Vec<_> = self
             .members
             .values()
-            .filter(|h| h.phase() == Phase::Ready)
+            .filter(|h| h.phase() == Phase::Ready && h.has_room(cap))
             .cloned()
             .collect();
         ready.sort_by_key(|h| (h.slot, h.member));

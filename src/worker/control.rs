@@ -99,6 +99,21 @@ impl Control {
         }
     }
 
+    /// Where a new session arriving on a kept-alive connection goes (the balancer's choice, or
+    /// why it is refused). `None` if the primary did not answer.
+    pub async fn pick(
+        &self,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Result<MemberId, crate::ipc::message::Refusal>, WorkerError> {
+        match self
+            .request(|req| ToPrimary::Pick { req, client_ip })
+            .await?
+        {
+            ToWorker::Picked { outcome, .. } => Ok(outcome),
+            _ => Err(WorkerError::PrimaryUnresponsive),
+        }
+    }
+
     /// Delivers a reply to the request waiting for it.
     pub fn resolve(&self, req: u64, reply: ToWorker) {
         if let Some(tx) = self.inner.pending.lock().unwrap().remove(&req) {

@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 
+use super::body::TimedBody;
 use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::ipc::message::{MemberId, ToPrimary};
@@ -24,7 +24,7 @@ pub(crate) async fn forward(
     shared: &WorkerShared,
     owner: MemberId,
     peer: Option<SocketAddr>,
-    req: Request<Incoming>,
+    req: Request<TimedBody>,
 ) -> Response<Body> {
     match try_forward(shared, owner, peer, req).await {
         Ok(res) => res,
@@ -39,7 +39,7 @@ async fn try_forward(
     shared: &WorkerShared,
     owner: MemberId,
     peer: Option<SocketAddr>,
-    mut req: Request<Incoming>,
+    mut req: Request<TimedBody>,
 ) -> Result<Response<Body>, Box<dyn std::error::Error + Send + Sync>> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     mine.set_nonblocking(true)?;

@@ -6,11 +6,13 @@
 //! ([`session`]). It exits when the primary tells it to drain, or as soon as the primary is gone
 //! (control channel end of file, or `PR_SET_PDEATHSIG`).
 
+pub(crate) mod body;
 pub(crate) mod control;
 pub(crate) mod forward;
 pub(crate) mod lease;
 pub(crate) mod serve;
 pub(crate) mod session;
+pub(crate) mod tracked;
 
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -31,7 +33,7 @@ use tower_layer::Layer;
 use crate::adapter::{ClusterAdapter, ClusterDriver, IpcDriver, RedisBus};
 use crate::config::{AdapterKind, Config};
 use crate::ipc::channel;
-use crate::ipc::message::{MAX_SIDS_PER_MESSAGE, MemberId, ToPrimary, ToWorker};
+use crate::ipc::message::{ConnManifest, MAX_SIDS_PER_MESSAGE, MemberId, ToPrimary, ToWorker};
 use crate::sid::SessionId;
 use crate::supervisor::peek::slot_token;
 
@@ -43,8 +45,12 @@ use lease::{ExpiryRules, Leases};
 /// Longest wait, when draining, for in-flight handshakes to finish before sessions are closed.
 const DRAIN_SETTLE: Duration = Duration::from_millis(1500);
 
-/// How often registered sessions are checked for expiry.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How often registered sessions are checked for expiry (a closed session leaves the primary's
+/// table within this, and well within a second).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Descriptors kept free below the worker's capacity report, for forwards and short-lived files.
+const FD_MARGIN: u64 = 32;
 
 /// Channel prefix of the IPC bus (one host, one app: no need to configure it).
 const IPC_PREFIX: &str = "socket.io";
@@ -211,6 +217,20 @@ pub(crate) struct WorkerStats {
     pub forwarded: AtomicU64,
 }
 
+/// The door settings a worker applies to its connections.
+pub(crate) struct Door {
+    /// TLS, when `--tls-cert`/`--tls-key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Bound on the TLS handshake (the head timeout).
+    pub tls_handshake_timeout: Duration,
+    /// Websocket limits (`--max-payload`).
+    pub ws: crate::door::ws_limit::WsLimits,
+    /// `--trusted-proxies`.
+    pub trusted: crate::TrustedProxies,
+    /// `--body-timeout-ms`.
+    pub body_timeout: Duration,
+}
+
 /// State shared by a worker's tasks.
 pub(crate) struct WorkerShared {
     pub member: MemberId,
@@ -222,13 +242,43 @@ pub(crate) struct WorkerShared {
     pub closed_total: AtomicU64,
     pub drain: watch::Sender<bool>,
     pub stats: WorkerStats,
+    pub door: Door,
+    /// Addresses of closed connections counted per IP, not yet reported.
+    pub closed_ips: std::sync::Mutex<Vec<std::net::IpAddr>>,
+    /// Woken by every close, so the primary's counts (caps, least-conn) follow within
+    /// milliseconds rather than a report interval.
+    pub load_changed: tokio::sync::Notify,
 }
 
 impl WorkerShared {
-    /// Accounts for a connection that finished.
-    pub fn conn_closed(&self) {
+    /// Accounts for a connection that finished (`counted_ip`: from its manifest).
+    pub fn conn_closed(&self, counted_ip: Option<std::net::IpAddr>) {
+        if let Some(ip) = counted_ip {
+            self.closed_ips
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(ip);
+        }
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.closed_total.fetch_add(1, Ordering::Relaxed);
+        self.load_changed.notify_one();
+    }
+
+    /// Accounts for connections handed here whose descriptors never arrived (this process's
+    /// descriptor table was full): closed as far as the primary is concerned.
+    fn lost(&self, manifests: &[ConnManifest]) {
+        if manifests.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            lost = manifests.len(),
+            "descriptor limit reached: connections handed here were closed by the kernel \
+             (raise LimitNOFILE=, or lower --max-connections-per-worker)"
+        );
+        for m in manifests {
+            self.open.fetch_add(1, Ordering::Relaxed);
+            self.conn_closed(m.counted_ip);
+        }
     }
 
     /// Tells the primary these sessions no longer route here.
@@ -380,8 +430,28 @@ where
         ))
         .ok()
     });
+    let tls = match config.tls() {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::door::tls::load(cert, key).map_err(|e| WorkerError::App(Box::new(e)))?,
+        )),
+        None => None,
+    };
+    let max_payload = usize::try_from(config.max_payload_bytes()).unwrap_or(usize::MAX);
+    let door = Door {
+        tls,
+        tls_handshake_timeout: config.head_timeout(),
+        ws: crate::door::ws_limit::WsLimits {
+            max_message: max_payload,
+            max_frame: max_payload,
+        },
+        trusted: config.trusted_proxies.clone(),
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+    };
     let (drain, _) = watch::channel(false);
     let shared = Arc::new(WorkerShared {
+        door,
+        closed_ips: Default::default(),
+        load_changed: tokio::sync::Notify::new(),
         member: env.member,
         control: control.clone(),
         leases: Leases::default(),
@@ -402,7 +472,7 @@ where
     spawn_reporters(&shared, &config, io.clone());
 
     loop {
-        let (msg, fds) = match ctl_rx.recv().await {
+        let (msg, fds, lost) = match ctl_rx.recv_partial().await {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!("the primary is gone; exiting");
@@ -420,13 +490,14 @@ where
         match msg {
             ToWorker::Conn(manifest) => match fds.into_iter().next() {
                 Some(fd) => serve::spawn(shared.clone(), svc.clone(), manifest, fd),
+                None if lost > 0 => shared.lost(&[manifest]),
                 None => tracing::warn!(
                     conn = manifest.id,
                     "connection message without a descriptor"
                 ),
             },
             ToWorker::Conns(manifests) => {
-                if manifests.len() != fds.len() {
+                if manifests.len() != fds.len() + lost {
                     tracing::warn!(
                         manifests = manifests.len(),
                         descriptors = fds.len(),
@@ -434,11 +505,16 @@ where
                     );
                     continue;
                 }
+                // The kernel installs descriptors in order: the first ones arrived.
+                let arrived = fds.len();
+                shared.lost(&manifests[arrived..]);
                 for (manifest, fd) in manifests.into_iter().zip(fds) {
                     serve::spawn(shared.clone(), svc.clone(), manifest, fd);
                 }
             }
-            reply @ (ToWorker::SidRegistered { req } | ToWorker::SidLocation { req, .. }) => {
+            reply @ (ToWorker::SidRegistered { req }
+            | ToWorker::SidLocation { req, .. }
+            | ToWorker::Picked { req, .. }) => {
                 control.resolve(req, reply);
             }
             ToWorker::Drain {
@@ -491,22 +567,57 @@ async fn drain_and_exit(
 }
 
 fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<ClusterAdapter>) {
-    // Load: connections closed, at most every 100 ms and only when it changed.
+    // Load: connections closed and descriptor room, soon after a close (closes within 2 ms
+    // go in one report) and otherwise every 100 ms, only when it changed. Descriptors in use
+    // are counted once a second, off the runtime thread.
     let s = shared.clone();
+    let nofile = crate::supervisor::nofile_limit();
     tokio::spawn(async move {
-        let mut last = 0;
+        let mut last = (0, u64::MAX);
+        let mut extra = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = 0u64;
+        let mut counted_at = tokio::time::Instant::now();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = s.load_changed.notified() => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            if (counted_at.elapsed() >= Duration::from_secs(1) || ticks == 0)
+                && let Ok(Some(used)) = tokio::task::spawn_blocking(open_descriptors).await
+            {
+                // Descriptors that are not client connections: the app's files, sockets, the
+                // runtime's own, forwards in flight.
+                extra = used.saturating_sub(s.open.load(Ordering::Relaxed));
+                counted_at = tokio::time::Instant::now();
+            }
+            ticks += 1;
+            let capacity = nofile.saturating_sub(extra + FD_MARGIN);
             let closed = s.closed_total.load(Ordering::Relaxed);
-            if closed != last {
-                last = closed;
-                s.control.send(
-                    ToPrimary::Load {
-                        closed_total: closed,
-                    },
-                    None,
-                );
+            let closed_ips =
+                std::mem::take(&mut *s.closed_ips.lock().unwrap_or_else(|p| p.into_inner()));
+            if (closed, capacity) != last || !closed_ips.is_empty() {
+                last = (closed, capacity);
+                // Split so each message stays under the channel's size limit.
+                let mut chunks: Vec<Vec<std::net::IpAddr>> = closed_ips
+                    .chunks(MAX_SIDS_PER_MESSAGE)
+                    .map(<[_]>::to_vec)
+                    .collect();
+                if chunks.is_empty() {
+                    chunks.push(Vec::new());
+                }
+                for closed_ips in chunks {
+                    s.control.send(
+                        ToPrimary::Load {
+                            closed_total: closed,
+                            capacity,
+                            closed_ips,
+                        },
+                        None,
+                    );
+                }
             }
         }
     });
@@ -536,7 +647,8 @@ fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<Clu
                 + config.ping_timeout_ms.unwrap_or(20_000)
                 + 5_000,
         ),
-        connect_window: Duration::from_millis(config.connect_timeout_ms.unwrap_or(45_000) + 1_000),
+        // socketioxide closes a session that connects no namespace within the connect timeout.
+        connect_window: Duration::from_millis(config.connect_timeout_ms.unwrap_or(45_000) + 500),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -555,6 +667,12 @@ fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<Clu
             }
         }
     });
+}
+
+/// Descriptors open in this process (entries of `/proc/self/fd`, minus the one reading it).
+fn open_descriptors() -> Option<u64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(n.saturating_sub(1))
 }
 
 /// Resident set size of this process, from `/proc/self/statm`.

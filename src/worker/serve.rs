@@ -1,4 +1,10 @@
-//! Serving a handed-off connection: hyper HTTP/1.1 with upgrades, in front of the app.
+//! Serving a handed-off connection: TLS if configured, then hyper HTTP/1.1 with upgrades, in
+//! front of the app.
+//!
+//! Every connection's IO is wrapped twice: [`WsLimited`] enforces `--max-payload` on a
+//! websocket it becomes (switched on by the request layer when the app answers 101), and
+//! [`Tracked`] accounts for the connection when its IO is finally dropped (after the websocket,
+//! if it upgraded).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -9,10 +15,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ipc::message::{ConnManifest, ConnOrigin};
+use crate::door::ws_limit::{WsLimited, WsSwitch};
+use crate::ipc::message::{ConnManifest, ConnOrigin, FirstRequest};
 use crate::supervisor::accept::until_true;
 
 use super::session::{ConnCtx, SessionService};
+use super::tracked::{ConnEnd, Tracked};
 use super::{AppService, WorkerShared};
 
 /// How long a draining worker waits for the first request of a connection it was just handed.
@@ -26,24 +34,61 @@ pub(crate) fn spawn(
     fd: OwnedFd,
 ) {
     shared.open.fetch_add(1, Ordering::Relaxed);
+    let end = Arc::new(ConnEnd::default());
+    let ws = Arc::new(WsSwitch::default());
+    let ctx = ConnCtx {
+        forwarded: matches!(manifest.origin, ConnOrigin::Forwarded { .. }),
+        peer: manifest.peer,
+        requests: Default::default(),
+        refuse_first: match manifest.first {
+            FirstRequest::Blind { refuse } => refuse,
+            FirstRequest::Routed => None,
+        },
+        ws: ws.clone(),
+        end: end.clone(),
+    };
     match manifest.origin {
         ConnOrigin::Accepted => {
             // No system call here: the primary accepted it non-blocking (`accept4`, and the
             // flag belongs to the open file, which we share) from a TCP_NODELAY listener, whose
             // accepted sockets inherit it.
             let std = std::net::TcpStream::from(fd);
-            match tokio::net::TcpStream::from_std(std) {
-                Ok(stream) => {
-                    let ctx = ConnCtx {
-                        forwarded: false,
-                        peer: manifest.peer,
-                        requests: Default::default(),
-                    };
-                    tokio::spawn(serve(shared, svc, stream, ctx));
-                }
+            let stream = match tokio::net::TcpStream::from_std(std) {
+                Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!(conn = manifest.id, "cannot use a received connection: {e}");
-                    shared.conn_closed();
+                    shared.conn_closed(manifest.counted_ip);
+                    return;
+                }
+            };
+            let io = Tracked::new(stream, shared.clone(), manifest.counted_ip, end);
+            match shared.door.tls.clone() {
+                None => {
+                    let io = WsLimited::new(io, shared.door.ws, ws);
+                    tokio::spawn(serve(shared, svc, io, ctx));
+                }
+                Some(acceptor) => {
+                    tokio::spawn(async move {
+                        let handshake = tokio::time::timeout(
+                            shared.door.tls_handshake_timeout,
+                            acceptor.accept(io),
+                        )
+                        .await;
+                        match handshake {
+                            Ok(Ok(tls)) => {
+                                let io = WsLimited::new(tls, shared.door.ws, ws);
+                                serve(shared, svc, io, ctx).await;
+                            }
+                            // Dropping the IO accounts for the connection.
+                            Ok(Err(e)) => {
+                                tracing::debug!(conn = manifest.id, "TLS handshake failed: {e}")
+                            }
+                            Err(_) => tracing::debug!(
+                                conn = manifest.id,
+                                "TLS handshake not done within the head timeout"
+                            ),
+                        }
+                    });
                 }
             }
         }
@@ -54,16 +99,13 @@ pub(crate) fn spawn(
                 .and_then(|_| tokio::net::UnixStream::from_std(std))
             {
                 Ok(stream) => {
-                    let ctx = ConnCtx {
-                        forwarded: true,
-                        peer: manifest.peer,
-                        requests: Default::default(),
-                    };
-                    tokio::spawn(serve(shared, svc, stream, ctx));
+                    let io = Tracked::new(stream, shared.clone(), None, end);
+                    let io = WsLimited::new(io, shared.door.ws, ws);
+                    tokio::spawn(serve(shared, svc, io, ctx));
                 }
                 Err(e) => {
                     tracing::warn!(conn = manifest.id, "cannot use a forwarded connection: {e}");
-                    shared.conn_closed();
+                    shared.conn_closed(None);
                 }
             }
         }
@@ -98,7 +140,7 @@ where
                 }
             };
             tokio::select! {
-                _ = conn.as_mut() => { shared.conn_closed(); return; }
+                _ = conn.as_mut() => return,
                 _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first) => {}
             }
             // Finish the request in flight, then close instead of keeping the connection alive.
@@ -106,5 +148,4 @@ where
             let _ = conn.await;
         }
     }
-    shared.conn_closed();
 }

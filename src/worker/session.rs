@@ -9,7 +9,17 @@
 //!   "Session ID unknown".
 //! - **Session activity** keeps the session's registration alive ([`Leases`](super::lease::Leases)).
 //!
-//! Every request also gets the client's address as a [`ClientAddr`] extension.
+//! - **Handshake on a kept-alive connection** (not its first request): the primary picks the
+//!   worker for the new session, as for a new connection, so sessions behind a proxy that
+//!   keeps its upstream connections alive are balanced per session; another worker's pick is
+//!   forwarded, a cap answers 503 (the connection stays open).
+//! - **Caps on TLS**: the primary could not read the first request of a TLS connection; when it
+//!   was over a cap, that first request is answered 503 unless it belongs to a live session.
+//! - **Limits**: request bodies are bounded in time ([`body`](super::body)); a websocket the
+//!   app accepts is put under `--max-payload` ([`ws_limit`](crate::door::ws_limit)).
+//!
+//! Every request also gets the client's address as a [`ClientAddr`] extension (from a trusted
+//! proxy's `X-Forwarded-For` with `--trusted-proxies`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,13 +35,19 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower::{Service, ServiceExt};
 
+use crate::door::ws_limit::WsSwitch;
+use crate::ipc::message::Refusal;
 use crate::sid::SessionId;
 use crate::supervisor::peek::query_param;
 
 use super::WorkerShared;
+use super::body::TimedBody;
 use super::forward;
+use super::tracked::ConnEnd;
 
-/// The client's address as the primary accepted it (forwarded requests keep the original).
+/// The client's address: the TCP peer, the source of its PROXY protocol header
+/// (`--proxy-protocol`), or the right-most untrusted `X-Forwarded-For` entry of a request from a
+/// trusted proxy (`--trusted-proxies`; the port is then 0). Forwarded requests keep it.
 ///
 /// Read it in axum handlers with `Extension<ClientAddr>`, or in socketioxide handlers from
 /// `socket.req_parts().extensions`.
@@ -47,6 +63,13 @@ pub(crate) struct ConnCtx {
     pub peer: Option<SocketAddr>,
     /// Requests started on this connection so far.
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    /// The primary could not read the first request (TLS) and the connection is over this cap:
+    /// refuse the first request unless it belongs to a live session.
+    pub refuse_first: Option<Refusal>,
+    /// Switches the websocket limits on.
+    pub ws: Arc<WsSwitch>,
+    /// What the connection's end accounts for.
+    pub end: Arc<ConnEnd>,
 }
 
 /// What a request means for session routing.
@@ -102,7 +125,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>>
 
 impl<S, B> Service<Request<Incoming>> for SessionService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -118,47 +141,137 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        self.conn
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let index = self
+            .conn
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        req.extensions_mut().insert(ClientAddr(self.conn.peer));
+        let client = self.client_addr(&req);
         let kind = classify(
             req.uri().path(),
             req.uri().query(),
             &self.shared.engine_prefix,
         );
+        let scan = matches!(kind, Kind::Session(_)) && req.method() == http::Method::POST;
+        let (parts, body) = req.into_parts();
+        let (body, watch) = TimedBody::new(body, self.shared.door.body_timeout, scan);
+        let mut req = Request::from_parts(parts, body);
+        req.extensions_mut().insert(ClientAddr(client));
         let inner = self.inner.clone();
         let shared = self.shared.clone();
         let conn = self.conn.clone();
         Box::pin(async move {
-            match kind {
+            let res = match kind {
                 Kind::Session(sid) => {
                     // Touch first: a session whose requests all arrive forwarded (through
                     // another worker's keep-alive connection) must still count as active.
                     let ours = shared.leases.touch(&sid);
                     if ours || conn.forwarded {
-                        return Ok(serve_session(inner, &shared, sid, req).await);
-                    }
-                    // Not one of ours: a keep-alive connection reused for another worker's
-                    // session? Ask the primary who owns it.
-                    match shared.control.lookup_sid(sid).await {
-                        Ok(Some(owner)) if owner != shared.member => {
-                            Ok(forward::forward(&shared, owner, conn.peer, req).await)
+                        let res = serve_session(inner, &shared, sid, req, &conn).await;
+                        if watch.close_packet() && shared.leases.remove(&sid) {
+                            // The client closed its session: stop routing it at once.
+                            shared.unregister(vec![sid]);
                         }
-                        _ => Ok(call(inner, req).await),
+                        res
+                    } else {
+                        // Not one of ours: a keep-alive connection reused for another worker's
+                        // session? Ask the primary who owns it.
+                        match shared.control.lookup_sid(sid).await {
+                            Ok(Some(owner)) if owner != shared.member => {
+                                forward::forward(&shared, owner, client, req).await
+                            }
+                            _ => local(inner, req, &conn).await,
+                        }
                     }
                 }
-                Kind::Handshake { polling } => Ok(handshake(inner, &shared, polling, req).await),
-                Kind::Other => Ok(call(inner, req).await),
+                _ if index == 0 && conn.refuse_first.is_some() => {
+                    let r = conn.refuse_first.unwrap_or(Refusal::WorkerFull);
+                    tracing::debug!(?client, "new session refused: {}", r.reason());
+                    refusal(r, true)
+                }
+                Kind::Handshake { polling } if index > 0 && !conn.forwarded => {
+                    // A new session on a kept-alive connection: balanced like a new connection.
+                    match shared.control.pick(client.map(|a| a.ip())).await {
+                        Ok(Ok(owner)) if owner != shared.member => {
+                            forward::forward(&shared, owner, client, req).await
+                        }
+                        Ok(Err(r)) => {
+                            tracing::debug!(?client, "new session refused: {}", r.reason());
+                            refusal(r, false)
+                        }
+                        _ => handshake(inner, &shared, polling, req, &conn).await,
+                    }
+                }
+                Kind::Handshake { polling } => handshake(inner, &shared, polling, req, &conn).await,
+                Kind::Other => local(inner, req, &conn).await,
+            };
+            if watch.expired() {
+                tracing::debug!(?client, "request body too slow; answering 408 and closing");
+                let mut res = error_response(StatusCode::REQUEST_TIMEOUT);
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(res);
             }
+            Ok(res)
         })
     }
 }
 
-async fn call<S, B>(inner: S, req: Request<Incoming>) -> Response<Body>
+impl<S> SessionService<S> {
+    /// The client's address for this request: the connection's, or a trusted proxy's
+    /// `X-Forwarded-For` client.
+    fn client_addr(&self, req: &Request<Incoming>) -> Option<SocketAddr> {
+        let peer = self.conn.peer?;
+        let trusted = &self.shared.door.trusted;
+        if trusted.is_empty() || !trusted.contains(peer.ip()) {
+            return Some(peer);
+        }
+        let values = req
+            .headers()
+            .get_all(crate::door::forwarded::HEADER)
+            .iter()
+            .map(|v| v.as_bytes());
+        match trusted.client_ip(peer.ip(), values) {
+            ip if ip != peer.ip() => Some(SocketAddr::new(ip, 0)),
+            _ => Some(peer),
+        }
+    }
+}
+
+/// A 503 for a refused new session. `close`: end the connection after it.
+fn refusal(r: Refusal, close: bool) -> Response<Body> {
+    let mut res = Response::new(Body::from(format!("{}; retry later\r\n", r.reason())));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::supervisor::caps::RETRY_AFTER_S),
+    );
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+/// Serves a request here; a websocket the app accepts goes under the payload limits before
+/// hyper writes the 101.
+async fn local<S, B>(inner: S, req: Request<TimedBody>, conn: &ConnCtx) -> Response<Body>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let res = call(inner, req).await;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        conn.ws.activate();
+    }
+    res
+}
+
+async fn call<S, B>(inner: S, req: Request<TimedBody>) -> Response<Body>
+where
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
@@ -172,14 +285,19 @@ async fn serve_session<S, B>(
     inner: S,
     shared: &WorkerShared,
     sid: SessionId,
-    req: Request<Incoming>,
+    req: Request<TimedBody>,
+    conn: &ConnCtx,
 ) -> Response<Body>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let res = call(inner, req).await;
+    let res = local(inner, req, conn).await;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The session now lives on this websocket: it stops needing routing when it closes.
+        *conn.end.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(sid);
+    }
     // The engine no longer knows this session: stop routing it here.
     if res.status() == StatusCode::BAD_REQUEST && shared.leases.remove(&sid) {
         shared.unregister(vec![sid]);
@@ -191,14 +309,15 @@ async fn handshake<S, B>(
     inner: S,
     shared: &WorkerShared,
     polling: bool,
-    req: Request<Incoming>,
+    req: Request<TimedBody>,
+    conn: &ConnCtx,
 ) -> Response<Body>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let res = call(inner, req).await;
+    let res = local(inner, req, conn).await;
     let mut res = if polling && res.status() == StatusCode::OK {
         let (parts, body) = res.into_parts();
         let bytes = match body.collect().await {

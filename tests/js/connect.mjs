@@ -1,12 +1,14 @@
 // Drives a running cluster with the official socket.io-client over every transport and prints one
-// JSON line with what it observed. Used by tests/js_client.rs; run by hand with
+// JSON line with what it observed, then checks one broadcast (`to_all`) reaches clients of every
+// transport on every worker. Used by tests/js_client.rs and tests/tls.rs; run by hand with
 //   node tests/js/connect.mjs http://127.0.0.1:3000 [clients-per-transport]
+// An https:// URL runs everything over TLS (trust a test CA with NODE_EXTRA_CA_CERTS).
 import { io } from "socket.io-client";
 
 const url = process.argv[2];
 const perTransport = Number(process.argv[3] ?? 5);
-if (!url || !url.startsWith("http://127.0.0.1:")) {
-  console.error("usage: node connect.mjs http://127.0.0.1:PORT [clients-per-transport]");
+if (!url || !/^https?:\/\/127\.0\.0\.1:/.test(url)) {
+  console.error("usage: node connect.mjs http[s]://127.0.0.1:PORT [clients-per-transport]");
   process.exit(2);
 }
 
@@ -72,6 +74,37 @@ async function scenario(name, opts, wantTransport) {
   return result;
 }
 
+// Two clients per transport stay connected; one of them emits `to_all`: every one of them,
+// whichever worker serves it, must get the `msg` exactly once.
+async function broadcast(modes) {
+  const clients = [];
+  for (const [, opts] of modes) {
+    for (let i = 0; i < 2; i++) {
+      const { socket } = await withTimeout(connect(opts), 15000, "broadcast connect");
+      clients.push(socket);
+    }
+  }
+  const workers = new Set();
+  for (const s of clients) {
+    workers.add((await withTimeout(s.emitWithAck("whoami"), 5000, "broadcast whoami")).worker);
+  }
+  const token = `b-${Math.random().toString(36).slice(2)}`;
+  const counts = clients.map(() => 0);
+  clients.forEach((s, i) => s.on("msg", (m) => { if (m === token) counts[i] += 1; }));
+  clients[0].emit("to_all", token);
+  await withTimeout(
+    new Promise((res) => {
+      const t = setInterval(() => { if (counts.every((c) => c >= 1)) { clearInterval(t); res(); } }, 20);
+    }),
+    5000,
+    `broadcast delivery (counts ${counts})`,
+  );
+  // Late duplicates would show here.
+  await new Promise((res) => setTimeout(res, 200));
+  for (const s of clients) s.disconnect();
+  return { clients: clients.length, counts, workers: [...workers].sort() };
+}
+
 const out = { ok: true, results: [] };
 try {
   const modes = [
@@ -85,6 +118,7 @@ try {
     );
     out.results.push(...runs.map((r) => ({ mode: name, ...r })));
   }
+  out.broadcast = await broadcast(modes);
 } catch (e) {
   out.ok = false;
   out.error = String(e?.stack ?? e);

@@ -486,3 +486,154 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files in a
+/// temporary directory (removed on drop), for `--tls-cert` / `--tls-key`.
+pub struct TestCert {
+    dir: tempfile::TempDir,
+    /// Certificate (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// The certificate's PEM text, to trust it in a client.
+    pub pem: String,
+    /// The certificate's DER bytes, to tell two certificates apart.
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let mut t = TestCert {
+            dir,
+            cert,
+            key,
+            pem: String::new(),
+            der: Vec::new(),
+        };
+        t.regenerate();
+        t
+    }
+
+    /// Replaces both files with a new certificate and key (what a renewal does).
+    pub fn regenerate(&mut self) {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        self.pem = ck.cert.pem();
+        self.der = ck.cert.der().to_vec();
+        // Written to a temporary name and renamed, so a reader never sees half a file.
+        let tmp = self.dir.path().join("new.pem");
+        std::fs::write(&tmp, ck.signing_key.serialize_pem()).unwrap();
+        std::fs::rename(&tmp, &self.key).unwrap();
+        std::fs::write(&tmp, &self.pem).unwrap();
+        std::fs::rename(&tmp, &self.cert).unwrap();
+    }
+
+    /// A client TLS config trusting this certificate only.
+    pub fn client_tls(&self) -> sio_client::TlsConfig {
+        sio_client::TlsConfig::trusting_pem(self.pem.as_bytes())
+            .unwrap()
+            .server_name("localhost")
+    }
+
+    /// `--tls-cert PATH --tls-key PATH`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Runs `tests/js/connect.mjs` (the official client) against `url` with `per_transport`
+/// clients per transport and `env`, and returns its JSON report after checking every point of
+/// it: each transport as asked, auth/echo/ack intact, each client on one worker, both workers
+/// used, and the broadcast delivered exactly once to every client.
+pub fn official_client_check(
+    url: &str,
+    per_transport: usize,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/socket.io-client").exists(),
+        "run `npm ci` in tests/js first (scripts/test does it)"
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(js.join("connect.mjs"))
+        .arg(url)
+        .arg(per_transport.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "bad output ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["ok"], true, "{report:#}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3 * per_transport);
+    let mut workers_seen = std::collections::HashSet::new();
+    for r in results {
+        let mode = r["mode"].as_str().unwrap();
+        let want = if mode == "polling" {
+            "polling"
+        } else {
+            "websocket"
+        };
+        assert_eq!(r["transport"], want, "{r}");
+        assert_eq!(r["authOk"], true, "{r}");
+        assert_eq!(r["sidsMatch"], true, "{r}");
+        assert_eq!(r["echoOk"], true, "{r}");
+        assert_eq!(r["ackOk"], true, "{r}");
+        let workers = r["workers"].as_array().unwrap();
+        assert_eq!(
+            workers.len(),
+            1,
+            "every whoami of one client answers from one worker: {r}"
+        );
+        workers_seen.insert(workers[0].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        workers_seen.len(),
+        2,
+        "both workers served clients: {workers_seen:?}"
+    );
+    let b = &report["broadcast"];
+    assert_eq!(b["clients"], 6, "{b}");
+    assert_eq!(
+        b["counts"],
+        serde_json::json!([1, 1, 1, 1, 1, 1]),
+        "each got the broadcast once: {b}"
+    );
+    assert_eq!(
+        b["workers"].as_array().map(Vec::len),
+        Some(2),
+        "broadcast crossed workers: {b}"
+    );
+    report
+}
+
+/// Connects with `cfg` and returns the error the connection must end with.
+pub async fn refused_connect(cfg: sio_client::ClientConfig, why: &str) -> sio_client::Error {
+    match sio_client::Client::connect(cfg).await {
+        Ok(_) => panic!("connected, but expected a refusal: {why}"),
+        Err(e) => e,
+    }
+}
