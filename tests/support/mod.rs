@@ -408,21 +408,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server on a free port with extra arguments (e.g. `--requirepass x`).
     pub fn start(extra: &[&str]) -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        r.restart();
-        r
+        Self::start_on_free_port(|_| extra.iter().map(|s| s.to_string()).collect())
     }
 
     /// Starts redis-server serving TLS only, with this certificate and key.
     pub fn start_tls(cert: &Path, key: &Path) -> RedisServer {
-        let port = free_port();
-        let mut r = RedisServer {
-            port,
-            extra: vec![
+        Self::start_on_free_port(|port| {
+            vec![
                 "--tls-port".into(),
                 port.to_string(),
                 "--tls-cert-file".into(),
@@ -431,11 +423,28 @@ impl RedisServer {
                 key.display().to_string(),
                 "--tls-auth-clients".into(),
                 "no".into(),
-            ],
-            child: None,
-        };
-        r.restart();
-        r
+            ]
+        })
+    }
+
+    /// A port found free can be taken by another test's listener before redis-server binds it
+    /// (and then a bare connect check would succeed against the wrong process): try new ports
+    /// until redis-server itself owns the listening socket.
+    fn start_on_free_port(extra: impl Fn(u16) -> Vec<String>) -> RedisServer {
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut r = RedisServer {
+                port,
+                extra: extra(port),
+                child: None,
+            };
+            match r.launch() {
+                Ok(()) => return r,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("redis-server did not start: {}", errors.join("; "));
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -451,8 +460,21 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port (retrying while something else briefly holds it).
     pub fn restart(&mut self) {
+        let mut errors = Vec::new();
+        for _ in 0..5 {
+            match self.launch() {
+                Ok(()) => return,
+                Err(e) => errors.push(e),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("redis-server did not restart: {}", errors.join("; "));
+    }
+
+    /// Spawns redis-server on `self.port` and waits until that very process listens there.
+    fn launch(&mut self) -> Result<(), String> {
         self.stop();
         let tls = self.extra.iter().any(|a| a == "--tls-port");
         let port_args: Vec<String> = if tls {
@@ -460,7 +482,7 @@ impl RedisServer {
         } else {
             vec!["--port".into(), self.port.to_string()]
         };
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(&port_args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
@@ -468,17 +490,52 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        self.child = Some(child);
         let port = self.port;
-        assert!(
-            eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "redis-server did not start on port {port}"
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("redis-server on port {port} exited ({status})"));
+            }
+            if listens_on(child.id(), port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("redis-server did not listen on port {port} within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc: the
+/// listening socket's inode in /proc/net/tcp, found among the process's descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
 }
 
 impl Drop for RedisServer {
