@@ -40,6 +40,7 @@ pub(crate) fn spawn(
         forwarded: matches!(manifest.origin, ConnOrigin::Forwarded { .. }),
         peer: manifest.peer,
         requests: Default::default(),
+        in_flight: Default::default(),
         refuse_first: match manifest.first {
             FirstRequest::Blind { refuse } => refuse,
             FirstRequest::Routed => None,
@@ -117,6 +118,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let requests = ctx.requests.clone();
+    let in_flight = ctx.in_flight.clone();
     let service = TowerToHyperService::new(SessionService::new(svc, shared.clone(), ctx));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -143,9 +145,21 @@ where
                 _ = conn.as_mut() => return,
                 _ = tokio::time::timeout(FIRST_REQUEST_GRACE, first) => {}
             }
-            // Finish the request in flight, then close instead of keeping the connection alive.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // A response being produced gets `Connection: close` from the session service (or
+            // is a 101 that hands the connection over): let it go out as it is, since hyper's
+            // graceful shutdown would append `close` to a 101 too. Once the connection is idle
+            // between requests, close it.
+            loop {
+                if in_flight.load(Ordering::Relaxed) == 0 {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                    return;
+                }
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+                }
+            }
         }
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct ConnCtx {
     pub peer: Option<SocketAddr>,
     /// Requests started on this connection so far.
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests whose response head is not yet produced: while one is, a drain must not make
+    /// hyper close the connection (it would append `Connection: close` to a 101 and break the
+    /// websocket upgrade).
+    pub in_flight: Arc<std::sync::atomic::AtomicU64>,
     /// The primary could not read the first request (TLS) and the connection is over this cap:
     /// refuse the first request unless it belongs to a live session.
     pub refuse_first: Option<Refusal>,
@@ -70,6 +74,23 @@ pub(crate) struct ConnCtx {
     pub ws: Arc<WsSwitch>,
     /// What the connection's end accounts for.
     pub end: Arc<ConnEnd>,
+}
+
+/// Counts a request in [`ConnCtx::in_flight`] until its response head is produced (or the
+/// request is dropped).
+struct InFlight(Arc<std::sync::atomic::AtomicU64>);
+
+impl InFlight {
+    fn new(counter: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a request means for session routing.
@@ -160,7 +181,9 @@ where
         let inner = self.inner.clone();
         let shared = self.shared.clone();
         let conn = self.conn.clone();
+        let in_flight = InFlight::new(&conn.in_flight);
         Box::pin(async move {
+            let _in_flight = in_flight;
             let res = match kind {
                 Kind::Session(sid) => {
                     // Touch first: a session whose requests all arrive forwarded (through
@@ -211,6 +234,12 @@ where
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(res);
+            }
+            let mut res = res;
+            if *shared.drain.borrow() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // Draining: this connection's last response (the client reconnects elsewhere).
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(res)
         })

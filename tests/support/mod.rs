@@ -503,7 +503,9 @@ impl RedisServer {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("redis-server did not listen on port {port} within 10 s"));
+                return Err(format!(
+                    "redis-server did not listen on port {port} within 10 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
