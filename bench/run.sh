@@ -11,7 +11,8 @@
 # bench/results/<timestamp>/<variant>/, the Markdown table (for BENCHMARKS.md) to
 # bench/results/<timestamp>/table.md and stdout.
 #
-# Usage: bench/run.sh [--quick] [--variants cluster,cluster-redis,single,node,node-redis]
+# Usage: bench/run.sh [--quick]
+#                     [--variants cluster,cluster-tls,cluster-redis,single,node,node-redis]
 #                     [--no-build] [--out DIR]
 # See bench/README.md.
 set -euo pipefail
@@ -25,16 +26,20 @@ source "$ROOT/bench/lib/redis.sh"
 
 # ---- variants: name -> server command --------------------------------------------------------
 # PORT is replaced by the chosen port; REDIS_URL by the URL of the redis-server this script
-# starts for that variant (a variant whose command names REDIS_URL is a "redis variant").
+# starts for that variant (a variant whose command names REDIS_URL is a "redis variant");
+# TLS_CERT / TLS_KEY by a self-signed certificate made for the run (a "TLS variant": the
+# loadgen connects with https/wss and checks that certificate).
 # Add a variant here (and name it in --variants); the report shows every variant as a column.
 declare -A SERVER_CMD=(
   [cluster]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2"
+  [cluster-tls]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2 --tls-cert TLS_CERT --tls-key TLS_KEY"
   [single]="target/release/examples/testapp --listen 127.0.0.1:PORT --standalone"
   [node]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2"
   [cluster-redis]="target/release/examples/testapp --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url REDIS_URL"
   [node-redis]="node bench/node/server.mjs --listen 127.0.0.1:PORT --workers 2 --adapter redis --redis-url REDIS_URL"
 )
 uses_redis() { [[ ${SERVER_CMD[$1]} == *REDIS_URL* ]]; }
+uses_tls() { [[ ${SERVER_CMD[$1]} == *TLS_CERT* ]]; }
 REDIS_MISSING_MSG="redis-server not found (looked at \$REDIS_SERVER, PATH, /usr/bin/redis-server): \
 the redis variants are skipped. Install Redis 7+ with 'apt-get install redis-server' \
 (or set REDIS_SERVER=/path/to/redis-server)."
@@ -49,7 +54,8 @@ usage() {
 usage: bench/run.sh [--quick] [--variants LIST] [--no-build] [--npm-ci] [--out DIR]
   --quick          small counts and short steps (a smoke run, ~40 s per variant)
   --variants LIST  comma-separated, from: ${!SERVER_CMD[*]} (default: $DEFAULT_VARIANTS;
-                   the redis variants run only when redis-server is installed)
+                   the redis variants run only when redis-server is installed; cluster-tls,
+                   TLS next to plain, only when asked: --variants cluster,cluster-tls)
   --no-build       do not run cargo build / npm ci
   --npm-ci         always run 'npm ci' in bench/node (default: only when node_modules is stale)
   --out DIR        result directory (default: bench/results/<timestamp>)
@@ -134,7 +140,7 @@ if [[ $BUILD == 1 ]]; then
 fi
 LG=target/release/sio-loadgen
 [[ -x $LG ]] || { echo "$LG is missing (run without --no-build)" >&2; exit 1; }
-for opt in --redis-pid --source-addrs --warmup; do
+for opt in --redis-pid --source-addrs --warmup --tls-ca; do
   if ! "$LG" connect --help 2>/dev/null | grep -q -- "$opt"; then
     echo "$LG predates connect $opt (run without --no-build)" >&2
     exit 1
@@ -157,6 +163,25 @@ mkdir -p "$OUT"
   echo "redis: ${REDIS_VERSION:-none}${REDIS_BIN:+ ($REDIS_BIN)}"
 } >"$OUT/machine.txt"
 echo "== results in $OUT" >&2
+# TLS variants: one self-signed P-256 certificate for localhost / 127.0.0.1, made for this run
+# (an end-entity one, CA:FALSE: webpki refuses a CA certificate as a server's certificate).
+TLS_CERT=""
+TLS_KEY=""
+for v in "${VLIST[@]}"; do
+  if uses_tls "$v" && [[ -z $TLS_CERT ]]; then
+    command -v openssl >/dev/null || { echo "openssl is needed for $v (apt-get install openssl)" >&2; exit 1; }
+    mkdir -p "$OUT/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -addext "basicConstraints=critical,CA:FALSE" -addext "keyUsage=critical,digitalSignature" \
+      -addext "extendedKeyUsage=serverAuth" \
+      -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" 2>"$OUT/tls/openssl.log" \
+      || { echo "openssl could not make a certificate (see $OUT/tls/openssl.log)" >&2; exit 1; }
+    TLS_CERT=$OUT/tls/cert.pem
+    TLS_KEY=$OUT/tls/key.pem
+    echo "tls: self-signed P-256 (ECDSA) certificate, $(openssl version)" >>"$OUT/machine.txt"
+  fi
+done
 busy=$(machine_busy_pct)
 echo "busy before start: $busy % of all cores" >>"$OUT/machine.txt"
 if ((busy > 10)); then
@@ -221,6 +246,15 @@ use_variant() {
   server_use "$1" || { echo "!! no server running for $1" >&2; return 1; }
 }
 
+# TARGET: the loadgen's --url (and --tls-ca for a TLS variant) for variant V on SERVER_PORT.
+set_target() {
+  if uses_tls "$1"; then
+    TARGET=(--url "https://127.0.0.1:$SERVER_PORT" --tls-ca "$TLS_CERT")
+  else
+    TARGET=(--url "http://127.0.0.1:$SERVER_PORT")
+  fi
+}
+
 # ---- 1. every server, started once --------------------------------------------------------
 STARTED=()
 for v in "${VLIST[@]}"; do
@@ -258,7 +292,8 @@ connect_interleaved() {
   for ((r = 1; r <= CONN_ROUNDS; r++)); do
     for v in "${STARTED[@]}"; do
       use_variant "$v" || continue
-      scenario "$OUT/$v" "$name.round$r" connect --url "http://127.0.0.1:$SERVER_PORT" \
+      set_target "$v"
+      scenario "$OUT/$v" "$name.round$r" connect "${TARGET[@]}" \
         --pid-tree "$SERVER_PID" --clients "$clients" --concurrency "$conc" \
         --transport "$transport" --warmup "$warm" --pause-secs "$CONN_PAUSE" \
         --source-addrs "$CONN_SRC"
@@ -290,12 +325,12 @@ for v in "${STARTED[@]}"; do
   dir="$OUT/$v"
   echo "== variant $v" >&2
   use_variant "$v" || continue
-  url="http://127.0.0.1:$SERVER_PORT"
+  set_target "$v"
   pid=$SERVER_PID
-  scenario "$dir" fanout fanout --url "$url" --pid-tree "$pid" \
+  scenario "$dir" fanout fanout "${TARGET[@]}" --pid-tree "$pid" \
     --receivers "$FAN_RECV" --senders "$FAN_SEND" --rates "$FAN_RATES" --step-secs "$FAN_STEP" \
     --drain-secs "$DRAIN"
-  scenario "$dir" rooms rooms --url "$url" --pid-tree "$pid" \
+  scenario "$dir" rooms rooms "${TARGET[@]}" --pid-tree "$pid" \
     --clients "$ROOM_CLIENTS" --group "$ROOM_GROUP" --rates "$ROOM_RATES" --step-secs "$ROOM_STEP" \
     --drain-secs "$DRAIN"
   stop_named_server "$v"
@@ -303,7 +338,8 @@ for v in "${STARTED[@]}"; do
   # freed memory, and new connections would reuse it without growing RSS.
   if start_server "$dir" "${SERVER_CMD[$v]}" hold; then
     sleep 1
-    scenario "$dir" hold hold --url "http://127.0.0.1:$SERVER_PORT" --pid-tree "$SERVER_PID" \
+    set_target "$v"
+    scenario "$dir" hold hold "${TARGET[@]}" --pid-tree "$SERVER_PID" \
       --clients "$HOLD" --settle-secs "$HOLD_SETTLE"
     stop_server
   fi

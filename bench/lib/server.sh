@@ -2,7 +2,8 @@
 # by PID: the server itself and the descendants it spawned (its workers).
 #
 # start_server DIR CMD [TAG]  starts CMD (PORT replaced by a free 127.0.0.1 port, REDIS_URL by
-#                             $REDIS_URL of bench/lib/redis.sh), waits for "listening on" on its
+#                             $REDIS_URL of bench/lib/redis.sh, TLS_CERT / TLS_KEY by $TLS_CERT
+#                             / $TLS_KEY of run.sh), waits for "listening on" on its
 #                             stdout; sets SERVER_PID and SERVER_PORT.
 # stop_server                 SIGTERM, wait (10 s), then SIGKILL whatever is left of the tree.
 # server_save NAME            remembers the current server (SERVER_PID, SERVER_PORT, its tree)
@@ -62,6 +63,11 @@ start_server() {
     if [[ $cmd == *REDIS_URL* ]]; then
       [[ -n ${REDIS_URL:-} ]] || { echo "REDIS_URL in the command but no redis-server started" >&2; return 1; }
       cmd=${cmd//REDIS_URL/$REDIS_URL}
+    fi
+    if [[ $cmd == *TLS_CERT* || $cmd == *TLS_KEY* ]]; then
+      [[ -n ${TLS_CERT:-} && -n ${TLS_KEY:-} ]] || { echo "TLS_CERT/TLS_KEY in the command but no certificate made" >&2; return 1; }
+      cmd=${cmd//TLS_CERT/$TLS_CERT}
+      cmd=${cmd//TLS_KEY/$TLS_KEY}
     fi
     # Word splitting of cmd is intended (a plain command line, no shell syntax).
     # shellcheck disable=SC2086

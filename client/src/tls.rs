@@ -136,8 +136,21 @@ impl TlsConfig {
     }
 
     /// Runs the TLS handshake on `tcp` (connected to `addr`), bounded by
-    /// [`TLS_HANDSHAKE_TIMEOUT`].
-    pub(crate) async fn handshake(
+    /// [`TLS_HANDSHAKE_TIMEOUT`]: for callers that open their own sockets (a load generator
+    /// binding source addresses, a raw websocket) and still want this configuration's checks
+    /// and error messages.
+    ///
+    /// Fails with [`Error::Tls`] (saying what to check) if the handshake fails,
+    /// [`Error::Timeout`] if the server does not answer, [`Error::InvalidArgument`] for an
+    /// invalid server name.
+    ///
+    /// ```no_run
+    /// # async fn demo(addr: std::net::SocketAddr, tls: sio_client::TlsConfig) -> Result<(), sio_client::Error> {
+    /// let tcp = tokio::net::TcpStream::connect(addr).await?;
+    /// let stream = tls.handshake(addr, tcp).await?;
+    /// # drop(stream); Ok(()) }
+    /// ```
+    pub async fn handshake(
         &self,
         addr: SocketAddr,
         tcp: TcpStream,

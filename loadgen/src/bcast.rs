@@ -432,16 +432,21 @@ async fn setup(
     room_of: Option<Arc<dyn Fn(usize) -> String + Send + Sync>>,
     sio_client_below: usize,
 ) -> anyhow::Result<Setup> {
-    let addr = common.addr()?;
+    let dest = common.dest()?;
     let path: Arc<str> = common.path.clone().into();
     let t0 = Instant::now();
     let (conns, failures) = connect_many(n, concurrency, common.connect_timeout(), move |i| {
         let path = path.clone();
+        let dest = dest.clone();
         let room = room_of.as_ref().map(|f| f(i));
         async move {
             if i < sio_client_below {
-                let cfg = sio_client::ClientConfig::new(addr, sio_client::Transport::WebSocket)
-                    .path(&*path);
+                let mut cfg =
+                    sio_client::ClientConfig::new(dest.addr, sio_client::Transport::WebSocket)
+                        .path(&*path);
+                if let Some(tls) = &dest.tls {
+                    cfg = cfg.tls(tls.clone());
+                }
                 let c = sio_client::Client::connect(cfg).await.map_err(|e| {
                     ws::ConnError::Protocol {
                         phase: "sio-client connect",
@@ -450,7 +455,7 @@ async fn setup(
                 })?;
                 return Ok(Conn::SioClient(Box::new(c)));
             }
-            let (mut ws, _) = ws::connect_ws(addr, &path).await?;
+            let (mut ws, _) = ws::connect_ws(&dest, &path).await?;
             if let Some(room) = room {
                 ws.send_text(format!("421[\"join\",\"{room}\"]").as_bytes())
                     .await

@@ -12,14 +12,22 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::procs::{Servers, Target};
-use crate::ws::ConnError;
+use crate::ws::{ConnError, Dest};
 
 /// Options every load scenario has.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only).
+    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only); https://127.0.0.1:3443 for TLS
+    /// (then --tls-ca is needed).
     #[arg(long)]
     pub url: String,
+    /// PEM file of the CA (or the self-signed certificate) the server's TLS certificate is
+    /// checked against, for an https:// URL.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The TLS server name: sent as SNI and checked against the certificate.
+    #[arg(long, default_value = sio_client::tls::DEFAULT_SERVER_NAME)]
+    pub tls_server_name: String,
     /// Engine.IO path.
     #[arg(long, default_value = "/socket.io/")]
     pub path: String,
@@ -47,6 +55,35 @@ impl Common {
         parse_url(&self.url)
     }
 
+    /// Where connections go: the address and, for an `https://` or `wss://` URL, TLS trusting
+    /// `--tls-ca`.
+    pub fn dest(&self) -> anyhow::Result<Dest> {
+        let addr = self.addr()?;
+        let tls = match (url_is_tls(&self.url), &self.tls_ca) {
+            (false, None) => None,
+            (false, Some(ca)) => bail!(
+                "--tls-ca {} with --url {:?}: use an https:// URL to connect over TLS, or drop \
+                 --tls-ca",
+                ca.display(),
+                self.url
+            ),
+            (true, None) => bail!(
+                "--url {:?} is TLS: give --tls-ca PEM (the CA or the server's self-signed \
+                 certificate) to check the server's certificate against",
+                self.url
+            ),
+            (true, Some(ca)) => {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("--tls-ca {}: cannot read it", ca.display()))?;
+                let cfg = sio_client::TlsConfig::trusting_pem(&pem)
+                    .with_context(|| format!("--tls-ca {}", ca.display()))?
+                    .server_name(&self.tls_server_name);
+                Some(cfg)
+            }
+        };
+        Ok(Dest { addr, tls })
+    }
+
     pub fn target(&self) -> Target {
         let servers = if let Some(root) = self.pid_tree {
             Servers::Tree(root)
@@ -66,11 +103,17 @@ impl Common {
     }
 }
 
-/// `http://127.0.0.1:3000[/...]` (or `ws://`, or a bare `127.0.0.1:3000`) → address.
+/// Whether `url` asks for TLS (`https://` or `wss://`).
+pub fn url_is_tls(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("wss://")
+}
+
+/// `http://127.0.0.1:3000[/...]` (or `https://`, `ws://`, `wss://`, or a bare
+/// `127.0.0.1:3000`) → address.
 pub fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("ws://"))
+    let rest = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
         .unwrap_or(url);
     let hostport = rest.split('/').next().unwrap_or(rest);
     let hostport = hostport.replace("localhost", "127.0.0.1");
@@ -184,6 +227,39 @@ mod tests {
         assert_eq!(parse_url("http://localhost:80").unwrap().port(), 80);
         assert!(parse_url("http://10.0.0.1:3000").is_err());
         assert!(parse_url("http://example.com").is_err());
+        assert_eq!(parse_url("https://127.0.0.1:3443/").unwrap().port(), 3443);
+        assert_eq!(parse_url("wss://localhost:3443").unwrap().port(), 3443);
+        assert!(url_is_tls("https://127.0.0.1:1") && url_is_tls("wss://127.0.0.1:1"));
+        assert!(!url_is_tls("http://127.0.0.1:1") && !url_is_tls("127.0.0.1:1"));
+    }
+
+    fn common(url: &str, tls_ca: Option<&str>) -> Common {
+        Common {
+            url: url.into(),
+            tls_ca: tls_ca.map(PathBuf::from),
+            tls_server_name: "localhost".into(),
+            path: "/socket.io/".into(),
+            pids: vec![],
+            pid_tree: None,
+            redis_pid: None,
+            json: None,
+            connect_timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_an_https_url() {
+        assert!(common("http://127.0.0.1:3000", None).dest().unwrap().tls.is_none());
+        let e = common("https://127.0.0.1:3000", None).dest().unwrap_err();
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
+        let e = common("http://127.0.0.1:3000", Some("/nonexistent.pem"))
+            .dest()
+            .unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
+        let e = common("https://127.0.0.1:3000", Some("/nonexistent.pem"))
+            .dest()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read"), "{e:#}");
     }
 
     #[tokio::test]

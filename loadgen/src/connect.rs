@@ -270,7 +270,7 @@ async fn round(
     connected: &mut LatHist,
     upgraded: &mut LatHist,
 ) -> anyhow::Result<(RoundOut, CpuUse)> {
-    let addr = a.common.addr()?;
+    let dest = a.common.dest()?;
     let path = a.common.path.clone();
     let transport = a.transport;
     let before = target.snapshot();
@@ -281,15 +281,16 @@ async fn round(
         a.common.connect_timeout(),
         move |i| {
             let path = path.clone();
+            let dest = dest.clone();
             let src = source.for_conn(i);
             async move {
                 let (c, con, up) = match transport {
                     ConnectTransport::Websocket => {
-                        let (c, t) = ws::connect_ws_from(addr, src, &path).await?;
+                        let (c, t) = ws::connect_ws_from(&dest, src, &path).await?;
                         (c, t.connected_us, None)
                     }
                     ConnectTransport::PollingUpgrade => {
-                        let (c, t) = polling::connect_polling_upgrade(addr, src, &path).await?;
+                        let (c, t) = polling::connect_polling_upgrade(&dest, src, &path).await?;
                         (c, t.connected_us, Some(t.upgraded_us))
                     }
                 };

@@ -56,7 +56,7 @@ pub async fn run(a: HoldArgs) -> anyhow::Result<serde_json::Value> {
         !target.is_none(),
         "hold needs --pid-tree PID or --pids PID[,PID...]"
     );
-    let addr = a.common.addr()?;
+    let dest = a.common.dest()?;
     let path = a.common.path.clone();
     let before = target.snapshot();
     let pss_before = target.pss();
@@ -68,7 +68,8 @@ pub async fn run(a: HoldArgs) -> anyhow::Result<serde_json::Value> {
         a.common.connect_timeout(),
         move |_| {
             let path = path.clone();
-            async move { ws::connect_ws(addr, &path).await.map(|(c, _)| c) }
+            let dest = dest.clone();
+            async move { ws::connect_ws(&dest, &path).await.map(|(c, _)| c) }
         },
     )
     .await;

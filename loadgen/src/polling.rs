@@ -3,14 +3,15 @@
 //! (`2probe`/`3probe`); once the probe is answered and the pending GET has returned (the server
 //! ends it with a noop), `5` completes the upgrade. Timed separately: until `40{...}` arrives and
 //! until the upgrade is complete. The HTTP side uses `sio_client::raw::HttpConn` (keep-alive,
-//! reopened when the server closes it, e.g. `@socket.io/sticky`'s `Connection: close`).
+//! reopened when the server closes it, e.g. `@socket.io/sticky`'s `Connection: close`), over TLS
+//! when the [`Dest`] says so.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use sio_client::raw::{self, HttpConn, RawResponse};
 
-use crate::ws::{ConnError, WsConn, connect_reply, http_error_message, parse_open, ws_target};
+use crate::ws::{ConnError, Dest, WsConn, connect_reply, http_error_message, parse_open, ws_target};
 
 /// Timings of one polling-then-upgrade connect, µs from the start.
 #[derive(Debug, Clone, Copy)]
@@ -20,20 +21,7 @@ pub struct PollTimes {
 }
 
 fn client_err(phase: &'static str, e: sio_client::Error) -> ConnError {
-    match e {
-        sio_client::Error::Io(e) => ConnError::io(phase, &e),
-        sio_client::Error::Http { status, body } => ConnError::Http {
-            phase,
-            status,
-            message: http_error_message(body.as_bytes()),
-        },
-        sio_client::Error::Timeout(_) => ConnError::Timeout { phase },
-        sio_client::Error::Closed(_) => ConnError::Closed { phase },
-        other => ConnError::Protocol {
-            phase,
-            text: other.to_string(),
-        },
-    }
+    ConnError::from_client(phase, e)
 }
 
 fn check(phase: &'static str, res: RawResponse) -> Result<RawResponse, ConnError> {
@@ -56,18 +44,18 @@ fn closes(res: &RawResponse) -> bool {
 /// One HTTP request over `conn` (opened, or reopened if the server closed it).
 async fn request(
     conn: &mut Option<HttpConn>,
-    addr: SocketAddr,
+    dest: &Dest,
     phase: &'static str,
     method: &str,
     url: &str,
     body: &'static str,
 ) -> Result<RawResponse, ConnError> {
     if conn.as_ref().is_none_or(HttpConn::is_closed) {
-        *conn = Some(
-            HttpConn::connect(addr)
-                .await
-                .map_err(|e| client_err(phase, e))?,
-        );
+        let opened = match &dest.tls {
+            None => HttpConn::connect(dest.addr).await,
+            Some(tls) => HttpConn::connect_tls(dest.addr, tls).await,
+        };
+        *conn = Some(opened.map_err(|e| client_err(phase, e))?);
     }
     let c = conn.as_mut().expect("just opened");
     let res = c
@@ -85,7 +73,7 @@ async fn request(
 /// requests always go out from the kernel's choice (127.0.0.1), `sio_client::raw::HttpConn`
 /// does not bind.
 pub async fn connect_polling_upgrade(
-    addr: SocketAddr,
+    dest: &Dest,
     source: Option<IpAddr>,
     path: &str,
 ) -> Result<(WsConn, PollTimes), ConnError> {
@@ -93,7 +81,7 @@ pub async fn connect_polling_upgrade(
     let mut get_conn: Option<HttpConn> = None;
     let res = request(
         &mut get_conn,
-        addr,
+        dest,
         "handshake",
         "GET",
         &raw::handshake_url(path),
@@ -112,7 +100,7 @@ pub async fn connect_polling_upgrade(
 
     let post = async {
         let mut conn = None;
-        let res = request(&mut conn, addr, "poll POST", "POST", &url, "40").await?;
+        let res = request(&mut conn, dest, "poll POST", "POST", &url, "40").await?;
         if res.text() != "ok" {
             return Err(ConnError::Protocol {
                 phase: "poll POST",
@@ -124,7 +112,7 @@ pub async fn connect_polling_upgrade(
     let get = async {
         let mut connected = None;
         loop {
-            let res = request(&mut get_conn, addr, "poll GET", "GET", &url, "").await?;
+            let res = request(&mut get_conn, dest, "poll GET", "GET", &url, "").await?;
             let mut noop = false;
             for p in raw::split_payload(res.text()) {
                 match p.as_bytes().first() {
@@ -148,7 +136,7 @@ pub async fn connect_polling_upgrade(
     };
     let probe = async {
         let mut ws =
-            WsConn::open_from(addr, source, &ws_target(path, Some(&sid)), "ws probe").await?;
+            WsConn::open_from(dest, source, &ws_target(path, Some(&sid)), "ws probe").await?;
         ws.send_text(b"2probe")
             .await
             .map_err(|e| ConnError::io("ws probe", &e))?;

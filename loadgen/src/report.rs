@@ -21,14 +21,14 @@ pub struct ReportArgs {
     #[arg(long)]
     pub dir: PathBuf,
     /// Variants (sub-directories) in column order; default: every sub-directory, `cluster`,
-    /// `cluster-redis`, `single`, `node`, `node-redis` first.
+    /// `cluster-tls`, `cluster-redis`, `single`, `node`, `node-redis` first.
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<String>,
     /// Ratio columns, `A/B` each (only those whose variants are present are shown).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "cluster/single,cluster/node,cluster-redis/cluster,cluster-redis/node-redis"
+        default_value = "cluster/single,cluster/node,cluster-tls/cluster,cluster-redis/cluster,cluster-redis/node-redis"
     )]
     pub ratios: Vec<String>,
 }
@@ -413,11 +413,12 @@ pub fn render(a: &ReportArgs) -> anyhow::Result<String> {
             .collect();
         let rank = |n: &str| match n {
             "cluster" => 0,
-            "cluster-redis" => 1,
-            "single" => 2,
-            "node" => 3,
-            "node-redis" => 4,
-            _ => 5,
+            "cluster-tls" => 1,
+            "cluster-redis" => 2,
+            "single" => 3,
+            "node" => 4,
+            "node-redis" => 5,
+            _ => 6,
         };
         found.sort_by(|x, y| rank(x).cmp(&rank(y)).then(x.cmp(y)));
         found

@@ -5,15 +5,19 @@
 //! the bottleneck. Here one task owns one TCP stream: frames are parsed in place from one read
 //! buffer, the Socket.IO `msg` events are recognised by prefix and only their `"t"` field is read,
 //! and the caller takes one timestamp per `read()` (not per frame). Only what the benchmarks need
-//! is implemented: HTTP/1.1 upgrade (no TLS, no extensions), text/binary/control frames,
-//! fragmented messages, masking of client frames.
+//! is implemented: HTTP/1.1 upgrade (no extensions), over plain TCP or TLS ([`Dest`]),
+//! text/binary/control frames, fragmented messages, masking of client frames.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sio_client::TlsConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -98,6 +102,104 @@ impl std::fmt::Display for ConnError {
 }
 
 impl std::error::Error for ConnError {}
+
+impl ConnError {
+    /// A `sio-client` error (its TLS handshake, its HTTP connections) in the given phase.
+    pub fn from_client(phase: &'static str, e: sio_client::Error) -> Self {
+        match e {
+            sio_client::Error::Io(e) => ConnError::io(phase, &e),
+            sio_client::Error::Http { status, body } => ConnError::Http {
+                phase,
+                status,
+                message: http_error_message(body.as_bytes()),
+            },
+            sio_client::Error::Timeout(_) => ConnError::Timeout { phase },
+            sio_client::Error::Closed(_) => ConnError::Closed { phase },
+            other => ConnError::Protocol {
+                phase,
+                text: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Where the load goes: the server's address and, for an `https://` URL, the TLS settings
+/// every connection is opened with.
+#[derive(Debug, Clone)]
+pub struct Dest {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Dest {
+    /// Connects (from `source`, see [`tcp_connect`]) and, with TLS, runs the handshake.
+    pub async fn open(
+        &self,
+        source: Option<IpAddr>,
+        phase: &'static str,
+    ) -> Result<Stream, ConnError> {
+        let tcp = tcp_connect(self.addr, source)
+            .await
+            .map_err(|e| ConnError::io(phase, &e))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => {
+                let s = tls
+                    .handshake(self.addr, tcp)
+                    .await
+                    .map_err(|e| ConnError::from_client(phase, e))?;
+                Ok(Stream::Tls(Box::new(s)))
+            }
+        }
+    }
+}
+
+/// A client connection: plain TCP or TLS over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 pub fn truncate(s: &str, n: usize) -> String {
     if s.len() <= n {
@@ -236,7 +338,7 @@ pub fn msg_timestamp(payload: &[u8]) -> Option<u64> {
 
 /// One websocket connection, owned by one task.
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -263,19 +365,17 @@ pub struct MsgRef {
 const READ_CHUNK: usize = 8 * 1024;
 
 impl WsConn {
-    /// Opens a websocket to `addr` with request target `target` (path and query).
-    /// Fails with [`ConnError::Http`] if the server answers anything but 101.
+    /// Opens a websocket to `dest` (over TLS if it says so) with request target `target`
+    /// (path and query). Fails with [`ConnError::Http`] if the server answers anything but 101.
     /// `source`: the local address (`None`: the kernel's choice; see [`tcp_connect`]).
     pub async fn open_from(
-        addr: SocketAddr,
+        dest: &Dest,
         source: Option<IpAddr>,
         target: &str,
         phase: &'static str,
     ) -> Result<WsConn, ConnError> {
-        let stream = tcp_connect(addr, source)
-            .await
-            .map_err(|e| ConnError::io(phase, &e))?;
-        let _ = stream.set_nodelay(true);
+        let stream = dest.open(source, phase).await?;
+        let addr = dest.addr;
         let key = {
             let mut k = [0u8; 16];
             for b in &mut k {
@@ -642,18 +742,19 @@ pub struct WsTimes {
 }
 
 /// Websocket-only Engine.IO session + namespace `/` CONNECT; returns once `40{...}` arrived.
-pub async fn connect_ws(addr: SocketAddr, path: &str) -> Result<(WsConn, WsTimes), ConnError> {
-    connect_ws_from(addr, None, path).await
+/// The time includes the TCP connect and, for a TLS [`Dest`], the TLS handshake.
+pub async fn connect_ws(dest: &Dest, path: &str) -> Result<(WsConn, WsTimes), ConnError> {
+    connect_ws_from(dest, None, path).await
 }
 
 /// [`connect_ws`] from the local address `source` (`None`: the kernel's choice).
 pub async fn connect_ws_from(
-    addr: SocketAddr,
+    dest: &Dest,
     source: Option<IpAddr>,
     path: &str,
 ) -> Result<(WsConn, WsTimes), ConnError> {
     let t0 = Instant::now();
-    let mut ws = WsConn::open_from(addr, source, &ws_target(path, None), "ws open").await?;
+    let mut ws = WsConn::open_from(dest, source, &ws_target(path, None), "ws open").await?;
     let _sid = ws
         .read_text_until("ws open packet", |p| {
             if p.first() == Some(&b'0') {
