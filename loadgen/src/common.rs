@@ -249,7 +249,13 @@ mod tests {
 
     #[test]
     fn tls_needs_a_ca_and_an_https_url() {
-        assert!(common("http://127.0.0.1:3000", None).dest().unwrap().tls.is_none());
+        assert!(
+            common("http://127.0.0.1:3000", None)
+                .dest()
+                .unwrap()
+                .tls
+                .is_none()
+        );
         let e = common("https://127.0.0.1:3000", None).dest().unwrap_err();
         assert!(e.to_string().contains("--tls-ca"), "{e}");
         let e = common("http://127.0.0.1:3000", Some("/nonexistent.pem"))

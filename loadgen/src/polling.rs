@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use sio_client::raw::{self, HttpConn, RawResponse};
 
-use crate::ws::{ConnError, Dest, WsConn, connect_reply, http_error_message, parse_open, ws_target};
+use crate::ws::{
+    ConnError, Dest, WsConn, connect_reply, http_error_message, parse_open, ws_target,
+};
 
 /// Timings of one polling-then-upgrade connect, µs from the start.
 #[derive(Debug, Clone, Copy)]
