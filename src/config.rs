@@ -35,6 +35,40 @@ pub enum AdapterKind {
     Redis,
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event, prefixed `primary` or `worker N`.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `process`, `worker` for a
+    /// worker's lines, `message`, and the event's fields), for log shippers.
+    Json,
+}
+
+/// Commands other than serving (`app status`).
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the cluster's workers (index, pid, state, uptime, connections, restarts, RSS), read
+    /// from a running primary's `--admin-listen` address, and exit.
+    Status(StatusArgs),
+}
+
+/// Options of the `status` command.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The running primary's admin address (its `--admin-listen`).
+    #[arg(long, env = "SIO_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: SocketAddr,
+
+    /// Print the raw JSON of `/status` instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
 /// Number of worker processes: a count, or `auto` for one per available core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -86,8 +120,9 @@ The primary owns the listening socket, reads each connection's first request hea
 connection (the file descriptor itself, no proxying) to the worker that owns its Engine.IO session, \
 or to the least-loaded worker for a new session. Room broadcasts and every adapter operation cross \
 workers over an IPC bus, or over Redis with --adapter redis.\n\n\
-Every flag can also be set by the environment variable shown. Logs go to stderr; RUST_LOG filters them \
-(default: info).",
+Every flag can also be set by the environment variable shown. Logs go to stderr (one stream for the \
+primary and its workers); --log-level or RUST_LOG filters them (default: info).\n\n\
+`APP status --admin-listen ADDR` prints the workers of a running cluster.",
     version
 )]
 pub struct Config {
@@ -250,11 +285,46 @@ pub struct Config {
     #[arg(long, env = "SIO_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
 
+    /// Address of the admin HTTP listener, in the primary: `/livez`, `/readyz`, `/status`
+    /// (JSON) and `/metrics` (Prometheus). Off unless given; a non-loopback address also needs
+    /// `--admin-listen-public`.
+    #[arg(long, env = "SIO_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Allow `--admin-listen` on a non-loopback address (the admin endpoints have no
+    /// authentication: expose them only to your monitoring network).
+    #[arg(long, env = "SIO_ADMIN_LISTEN_PUBLIC", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub admin_listen_public: bool,
+
+    /// Path of the health check on the main port, answered from the primary's state (as
+    /// `/readyz`: 200 or 503, small JSON body) before any app route. Empty disables it, so an
+    /// app that serves this path itself keeps it.
+    #[arg(
+        long,
+        env = "SIO_HEALTH_PATH",
+        value_name = "PATH",
+        default_value = "/health"
+    )]
+    pub health_path: String,
+
+    /// Log line format: `text` or `json` (one object per line).
+    #[arg(long, env = "SIO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `RUST_LOG` syntax (`info`, `warn,sio_cluster=debug`...). Default:
+    /// `RUST_LOG`, else `info`.
+    #[arg(long, env = "SIO_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
     /// File of `KEY=VALUE` lines (systemd `EnvironmentFile=` syntax) read at start and again on
     /// every reload (SIGHUP): `SIO_*` settings, `RUST_LOG` and the app's own variables, set in
     /// every worker's environment. Command-line flags win over it; it wins over the environment.
     #[arg(long, env = "SIO_CONFIG_FILE", value_name = "PATH")]
     pub config_file: Option<std::path::PathBuf>,
+
+    /// A command instead of serving (`status`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
 
 impl Config {
@@ -305,6 +375,29 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "--body-timeout-ms must be at least 1".into(),
             ));
+        }
+        if let Some(addr) = self.admin_listen
+            && !addr.ip().is_loopback()
+            && !self.admin_listen_public
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--admin-listen {addr} is not a loopback address: the admin endpoints have no \
+                 authentication; add --admin-listen-public to expose them anyway, or use \
+                 127.0.0.1:PORT"
+            )));
+        }
+        if !self.health_path.is_empty() && !self.health_path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "--health-path `{}` must start with / (or be empty to disable it)",
+                self.health_path
+            )));
+        }
+        if let Some(filter) = &self.log_level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--log-level `{filter}`: {e} (use e.g. `info` or `warn,sio_cluster=debug`)"
+            )));
         }
         if let Some(name) = &self.sticky_cookie
             && (name.is_empty()
@@ -433,6 +526,38 @@ mod tests {
         assert!(e.contains("--redis-url"), "{e}");
         let c = parse(&["--sticky-cookie", "a b"]).unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn admin_and_logging_flags() {
+        let c = parse(&["--admin-listen", "127.0.0.1:9090", "--log-format", "json"]).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.health_path, "/health");
+        c.validate().unwrap();
+        let c = parse(&["--admin-listen", "0.0.0.0:9090"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--admin-listen-public"), "{e}");
+        let c = parse(&["--admin-listen", "0.0.0.0:9090", "--admin-listen-public"]).unwrap();
+        c.validate().unwrap();
+        let c = parse(&["--health-path", "health"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = parse(&["--health-path", ""]).unwrap();
+        c.validate().unwrap();
+        let c = parse(&["--log-level", "info,=="]).unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn status_command_parses() {
+        let c = parse(&["status", "--admin-listen", "127.0.0.1:9090"]).unwrap();
+        match c.command {
+            Some(Command::Status(a)) => {
+                assert_eq!(a.admin_listen, "127.0.0.1:9090".parse().unwrap());
+                assert!(!a.json);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -240,6 +240,9 @@ impl ReloadPlan {
             max_connections_per_worker => "--max-connections-per-worker",
             max_connections => "--max-connections",
             max_connections_per_ip => "--max-connections-per-ip",
+            admin_listen => "--admin-listen",
+            admin_listen_public => "--admin-listen-public",
+            health_path => "--health-path",
         );
         plan
     }

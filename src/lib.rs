@@ -46,6 +46,7 @@ pub mod fuzz_api;
 pub mod ipc;
 mod logging;
 pub mod sid;
+pub mod status;
 pub mod supervisor;
 pub mod worker;
 
@@ -122,21 +123,51 @@ impl Cluster {
     ///
     /// Call it from `main` before starting any thread. Blocks until the cluster stops; the
     /// primary returns `Ok(())` after a clean shutdown (SIGTERM/SIGINT).
+    ///
+    /// With the `status` command (`app status --admin-listen ADDR`) it prints the workers of
+    /// the cluster running there instead and returns; if nothing answers it prints one line
+    /// on stderr and exits the process with status 1.
     pub fn run<F, Fut>(self, app: F) -> Result<(), Error>
     where
         F: FnOnce(Worker) -> Fut,
         Fut: Future<Output = Result<axum::Router, BoxError>>,
     {
+        if let Some(config::Command::Status(args)) = &self.config.command {
+            if let Err(e) = status::run(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
         self.config.validate()?;
         match worker::WorkerEnv::from_env()? {
             Some(env) => {
-                logging::init(&format!("worker {}", env.slot));
+                logging::init(
+                    logging::Role::Worker(env.slot),
+                    self.config.log_format,
+                    self.config.log_level.as_deref(),
+                );
                 worker::run(env, self.config, self.configure, app).map_err(Error::from)
             }
             None => {
-                logging::init("primary");
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                // The config file may set the log format and level too (its errors are
+                // reported by the supervisor, once logging is up).
+                let logs = self
+                    .config
+                    .config_file
+                    .as_deref()
+                    .and_then(|path| {
+                        let file = config_file::EnvFile::read(path).ok()?;
+                        config_file::effective_config(&args, &file, path).ok()
+                    })
+                    .unwrap_or_else(|| self.config.clone());
+                logging::init(
+                    logging::Role::Primary,
+                    logs.log_format,
+                    logs.log_level.as_deref(),
+                );
                 let exe = worker_exe().map_err(Error::Exe)?;
-                let args = std::env::args_os().skip(1).collect();
                 supervisor::run(self.config, exe, args).map_err(Error::from)
             }
         }

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         max_head: 8192,
         // Trusted proxies on, so X-Forwarded-For parsing runs on every head.
         trusted: "10.0.0.0/8,::1".parse().expect("valid CIDR list"),
+        health_path: Some("/health".into()),
     };
     let head = match parse_head(data, &rules) {
         Ok(Parsed::Complete(head)) => head,

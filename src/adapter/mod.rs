@@ -47,6 +47,15 @@ pub enum DriverError {
 }
 
 impl ClusterDriver {
+    /// Whether the bus can carry messages now: always for the IPC bus (it lives as long as the
+    /// primary), the Redis connection's state in Redis mode.
+    pub fn is_up(&self) -> bool {
+        match self {
+            ClusterDriver::Ipc(_) => true,
+            ClusterDriver::Redis(d) => d.is_up(),
+        }
+    }
+
     /// Number of servers subscribed to `chan` (the adapter's request channel of a namespace),
     /// this one included. Unlike [`Driver::num_serv`], which the adapter calls right before
     /// publishing a request, it keeps nothing for a request to come: use it for an application's

@@ -376,6 +376,17 @@ impl RedisBus {
         tokio::spawn(health_loop(inner.clone()));
         Ok(Self { inner })
     }
+
+    /// Whether the connection to Redis is up now (false during an outage, until the reconnect
+    /// task has connected and subscribed again).
+    pub fn is_up(&self) -> bool {
+        self.inner
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current()
+            .is_some()
+    }
 }
 
 impl Inner {

@@ -113,6 +113,15 @@ pub enum ToWorker {
         /// The worker the new session goes to, or why it is refused.
         outcome: Result<MemberId, Refusal>,
     },
+    /// Answer to [`ToPrimary::Health`]: the status and JSON body of the health check.
+    Health {
+        /// Request number chosen by the worker.
+        req: u64,
+        /// 200 (ready) or 503.
+        status: u16,
+        /// The JSON body.
+        body: String,
+    },
     /// Stop taking new work; finish what is in flight within `timeout_ms`, then exit.
     Drain {
         /// Time left before the primary kills the worker.
@@ -121,6 +130,38 @@ pub enum ToWorker {
         /// sessions, so their clients reconnect to a worker that stays. False on shutdown.
         handover: bool,
     },
+}
+
+/// What a worker reports for the cluster's `/status` and `/metrics`, once per heartbeat
+/// interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Per namespace: its path, Socket.IO sockets connected now, connects and disconnects
+    /// seen since the worker started (sampled, see [`crate::worker`]'s metrics reporter).
+    pub namespaces: Vec<NamespaceReport>,
+    /// Bytes read from client connections (TLS records included), since start.
+    pub bytes_in: u64,
+    /// Bytes written to client connections, since start.
+    pub bytes_out: u64,
+    /// Descriptors open in the worker.
+    pub open_fds: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// The adapter's bus is up (always with IPC; the Redis connection in Redis mode).
+    pub bus_up: bool,
+}
+
+/// One namespace of a [`WorkerReport`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceReport {
+    /// The namespace path (`/`, `/chat`...).
+    pub path: String,
+    /// Sockets connected now.
+    pub connected: u64,
+    /// Connects since start.
+    pub connects: u64,
+    /// Disconnects since start.
+    pub disconnects: u64,
 }
 
 /// Worker → primary.
@@ -183,6 +224,14 @@ pub enum ToPrimary {
         req: u64,
         /// The client's address (after X-Forwarded-For), for ip-hash and per-IP caps.
         client_ip: Option<IpAddr>,
+    },
+    /// Counters and gauges for `/status` and `/metrics`.
+    Report(WorkerReport),
+    /// A health check arrived on a connection this worker serves (TLS): what does the
+    /// primary say? Answered by [`ToWorker::Health`].
+    Health {
+        /// Request number echoed in the reply.
+        req: u64,
     },
 }
 

@@ -36,6 +36,7 @@ use crate::door::tls;
 use crate::ipc::message::{ConnManifest, ConnOrigin, FirstRequest, ToWorker};
 
 use super::caps::refusal_response;
+use super::metrics::RejectReason;
 use super::peek::{Parsed, PeekError, RequestHead, consume_fd, parse_head, peek_fd, peek_until};
 use super::slot::{Reserved, WorkerHandle};
 use super::{Decision, Shared};
@@ -49,6 +50,8 @@ pub(crate) struct Arrival {
     pub client: SocketAddr,
     /// No PROXY header is (still) expected: consumed already, or not configured.
     pub proxied: bool,
+    /// When the primary accepted it (for `sio_cluster_handoff_seconds`).
+    pub accepted: Instant,
 }
 
 impl Arrival {
@@ -57,6 +60,7 @@ impl Arrival {
             tcp_peer: peer,
             client: peer,
             proxied: !shared.config.proxy_protocol,
+            accepted: Instant::now(),
         }
     }
 
@@ -228,13 +232,19 @@ fn fast_path(shared: &Arc<Shared>, fd: OwnedFd, peer: SocketAddr) -> Option<(Own
     };
     let ip = arrival.client_ip(shared, head.as_ref());
     // Refusals, and no worker ready: the task path answers.
-    let Decision::Serve(worker) = shared.route(head.as_ref(), Some(ip)) else {
+    if head.as_ref().is_some_and(|h| h.health) {
+        // Answered by the task path, which can wait for the socket.
+        return Some((fd, arrival));
+    }
+    let Decision::Serve(worker, reason) = shared.route(head.as_ref(), Some(ip)) else {
         return Some((fd, arrival));
     };
     match worker.try_reserve() {
         Some(slot) => {
             shared.stats.on_accept.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.routed(reason);
             hand_off(shared, &worker, slot, fd, arrival.client_addr(ip), first);
+            shared.metrics.handed_off(arrival.accepted.elapsed());
             None
         }
         None => Some((fd, arrival)),
@@ -258,6 +268,7 @@ fn to_task(
         },
         Err(_) => {
             shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rejected(RejectReason::Pending);
             if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                 *last_warning = Some(Instant::now());
                 tracing::warn!(
@@ -366,6 +377,7 @@ pub(crate) async fn serve_connection(
                 // The peer is a proxy that must speak PROXY protocol (or a client that bypassed
                 // it): close without an answer.
                 shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.rejected(RejectReason::ProxyProtocol);
                 tracing::debug!(%peer, "closing connection: PROXY protocol: {e}");
                 return;
             }
@@ -389,6 +401,7 @@ pub(crate) async fn serve_connection(
         Ok(Look::Tls) => (None, FirstRequest::Blind { refuse: None }),
         Ok(Look::PlainOnTls) => {
             shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rejected(RejectReason::PlainOnTls);
             tracing::debug!(%peer, "plain HTTP on the TLS port; answering 400");
             respond_and_close(stream, tls::PLAINTEXT_ON_TLS_PORT).await;
             return;
@@ -396,6 +409,7 @@ pub(crate) async fn serve_connection(
         Ok(Look::Partial) => unreachable!("peek_until returns only complete looks"),
         Err(e) => {
             shared.stats.bad_heads.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rejected(RejectReason::of_peek(&e));
             tracing::debug!(%peer, "closing connection: {e}");
             if !shared.tls
                 && let Some(resp) = e.response()
@@ -409,11 +423,19 @@ pub(crate) async fn serve_connection(
     if head.as_ref().is_some_and(|h| h.bad_sid) {
         tracing::debug!(%peer, "request with a malformed sid; routing it like an unknown session");
     }
+    if head.as_ref().is_some_and(|h| h.health) {
+        // The primary answers its own health, and closes (the next request of a kept-alive
+        // connection would have nowhere to go).
+        let (status, body) = super::metrics::health(&shared);
+        respond_and_close(stream, health_response(status, &body).as_bytes()).await;
+        return;
+    }
     let ip = arrival.client_ip(&shared, head.as_ref());
-    let worker = match shared.route(head.as_ref(), Some(ip)) {
-        Decision::Serve(w) => w,
+    let (worker, reason) = match shared.route(head.as_ref(), Some(ip)) {
+        Decision::Serve(w, reason) => (w, Some(reason)),
         Decision::Refuse(r) => {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rejected(RejectReason::of_refusal(r));
             tracing::debug!(%peer, client = %ip, "new session refused: {}", r.reason());
             if head.is_some() {
                 respond_and_close(stream, &refusal_response(r)).await;
@@ -425,9 +447,10 @@ pub(crate) async fn serve_connection(
                 return;
             };
             first = FirstRequest::Blind { refuse: Some(r) };
-            w
+            (w, None)
         }
         Decision::NoWorker => {
+            shared.metrics.rejected(RejectReason::NoWorker);
             tracing::warn!(%peer, "no worker is ready; answering 503");
             if !shared.tls {
                 respond_and_close(stream, SERVICE_UNAVAILABLE).await;
@@ -438,6 +461,7 @@ pub(crate) async fn serve_connection(
     let reservation =
         tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), worker.reserve()).await;
     let Ok(Ok(slot)) = reservation else {
+        shared.metrics.rejected(RejectReason::NoWorker);
         tracing::warn!(%peer, worker = %worker.member, "worker is not taking connections; answering 503");
         if !shared.tls {
             respond_and_close(stream, SERVICE_UNAVAILABLE).await;
@@ -451,8 +475,26 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    if let Some(reason) = reason {
+        shared.metrics.routed(reason);
+    }
     hand_off(&shared, &worker, slot, fd, arrival.client_addr(ip), first);
+    shared.metrics.handed_off(arrival.accepted.elapsed());
     drop(permit);
+}
+
+/// The health check's HTTP response (the connection is closed after it).
+fn health_response(status: u16, body: &str) -> String {
+    let reason = if status == 200 {
+        "OK"
+    } else {
+        "Service Unavailable"
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// How long [`respond_and_close`] discards what a client still sends after its response.

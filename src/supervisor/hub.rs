@@ -59,10 +59,18 @@ struct HubState {
 /// Bus counters, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HubStats {
-    /// Frames relayed.
+    /// Frames relayed (queued towards a worker).
     pub relayed: u64,
+    /// Bytes of the frames relayed.
+    pub relayed_bytes: u64,
     /// Frames dropped because a destination queue was full.
     pub dropped: u64,
+    /// Bytes of the frames dropped.
+    pub dropped_bytes: u64,
+    /// Frames received from workers.
+    pub received: u64,
+    /// Bytes of the frames received (length prefix included).
+    pub received_bytes: u64,
 }
 
 /// The relay between workers' bus sockets.
@@ -71,7 +79,11 @@ pub struct Hub {
     state: RwLock<HubState>,
     limit: usize,
     relayed: AtomicU64,
+    relayed_bytes: AtomicU64,
     dropped: AtomicU64,
+    dropped_bytes: AtomicU64,
+    received: AtomicU64,
+    received_bytes: AtomicU64,
 }
 
 enum Push {
@@ -86,7 +98,11 @@ impl Hub {
             state: RwLock::default(),
             limit,
             relayed: AtomicU64::new(0),
+            relayed_bytes: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
         })
     }
 
@@ -119,8 +135,19 @@ impl Hub {
         tokio::spawn(async move {
             let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, rd));
             loop {
-                match reader.next::<BusUp<'_>>().await {
-                    Ok(Some(up)) => hub.on_frame(member, up),
+                match reader.next_raw().await {
+                    Ok(Some(raw)) => {
+                        hub.received.fetch_add(1, Ordering::Relaxed);
+                        hub.received_bytes
+                            .fetch_add(raw.len() as u64 + 4, Ordering::Relaxed);
+                        match postcard::from_bytes::<BusUp<'_>>(raw) {
+                            Ok(up) => hub.on_frame(member, up),
+                            Err(e) => {
+                                tracing::warn!(worker = %member, "bus read failed: cannot decode a frame: {e}");
+                                break;
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(worker = %member, "bus read failed: {e}");
@@ -144,7 +171,11 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         HubStats {
             relayed: self.relayed.load(Ordering::Relaxed),
+            relayed_bytes: self.relayed_bytes.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            dropped_bytes: self.dropped_bytes.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            received_bytes: self.received_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -305,6 +336,7 @@ impl Hub {
         let queued = outbox.queued.load(Ordering::Relaxed);
         if !force && queued > 0 && queued + len > self.limit {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_bytes.fetch_add(len as u64, Ordering::Relaxed);
             let total = outbox.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             let mut last = outbox.last_warn.lock().unwrap();
             if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
@@ -324,6 +356,7 @@ impl Hub {
             return Push::Dropped;
         }
         self.relayed.fetch_add(1, Ordering::Relaxed);
+        self.relayed_bytes.fetch_add(len as u64, Ordering::Relaxed);
         Push::Queued
     }
 

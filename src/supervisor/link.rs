@@ -16,6 +16,7 @@ use crate::ipc::IpcError;
 use crate::ipc::channel::{self, MAX_FDS, Receiver, Sender};
 use crate::ipc::message::{ConnManifest, ConnOrigin, ToPrimary, ToWorker};
 
+use super::metrics::{RejectReason, RouteReason};
 use super::slot::{Outgoing, Phase, WorkerHandle};
 use super::{Decision, Event, Shared};
 
@@ -171,13 +172,17 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 let outcome = {
                     let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
                     match shared.new_session(&roster, None, client_ip) {
-                        Decision::Serve(h) => Ok(h.member),
+                        Decision::Serve(h, _) => Ok(h.member),
                         Decision::Refuse(r) => Err(r),
                         Decision::NoWorker => Ok(member),
                     }
                 };
-                if outcome.is_err() {
-                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(_) => shared.metrics.routed(RouteReason::KeepAlive),
+                    Err(r) => {
+                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.rejected(RejectReason::of_refusal(r));
+                    }
                 }
                 if handle
                     .send(ToWorker::Picked { req, outcome }, None)
@@ -190,6 +195,19 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
             ToPrimary::Heartbeat { seq: _, rss_bytes } => {
                 *handle.last_heartbeat.lock().unwrap() = Instant::now();
                 handle.rss.store(rss_bytes, Ordering::Relaxed);
+            }
+            ToPrimary::Report(report) => {
+                *handle.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+            }
+            ToPrimary::Health { req } => {
+                let (status, body) = super::metrics::health(&shared);
+                if handle
+                    .send(ToWorker::Health { req, status, body }, None)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
             ToPrimary::RegisterSid { req, sid } => {
                 shared.sids.lock().unwrap().insert(sid, member);
@@ -233,6 +251,7 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 let dest = shared.roster.read().unwrap().get(target).cloned();
                 match dest {
                     Some(dest) if dest.is_alive() => {
+                        shared.metrics.routed(RouteReason::Forwarded);
                         let id = shared.stats.handed.fetch_add(1, Ordering::Relaxed);
                         dest.handed.fetch_add(1, Ordering::Relaxed);
                         let manifest = ConnManifest {

@@ -15,11 +15,13 @@
 //!    exit 0; a second signal forces the exit.
 
 pub mod accept;
+mod admin;
 pub mod balance;
 pub mod caps;
 pub mod hub;
 pub mod link;
 pub mod listener;
+pub(crate) mod metrics;
 pub mod notify;
 pub mod peek;
 mod primary;
@@ -133,13 +135,15 @@ pub(crate) struct Shared {
     pub caps: caps::Caps,
     /// The TLS configuration is on: connections start with a TLS record, heads are not read.
     pub tls: bool,
+    /// Counters for `/metrics`, and the draining flag of `/readyz`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Where a connection (or a new session on a kept-alive connection) goes.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    /// To this worker.
-    Serve(Arc<WorkerHandle>),
+    /// To this worker, for this reason.
+    Serve(Arc<WorkerHandle>, metrics::RouteReason),
     /// Nowhere: a cap is reached (answer 503 with Retry-After).
     Refuse(crate::ipc::message::Refusal),
     /// No worker is ready.
@@ -153,6 +157,7 @@ impl Shared {
     /// cannot be read (TLS).
     pub fn route(&self, head: Option<&RequestHead>, client: Option<IpAddr>) -> Decision {
         let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
+        let mut unknown_sid = false;
         if let Some(sid) = head.and_then(|h| h.sid.as_ref()) {
             let owner = self
                 .sids
@@ -160,11 +165,20 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .owner(sid);
             if let Some(h) = owner.and_then(|m| roster.get(m)).filter(|h| h.is_alive()) {
-                return Decision::Serve(h.clone());
+                return Decision::Serve(h.clone(), metrics::RouteReason::Sid);
             }
             // Unknown session: any worker answers it as a single server would (400).
+            unknown_sid = true;
         }
-        self.new_session(&roster, head.and_then(|h| h.cookie_slot), client)
+        match self.new_session(&roster, head.and_then(|h| h.cookie_slot), client) {
+            Decision::Serve(h, _) if unknown_sid => {
+                Decision::Serve(h, metrics::RouteReason::UnknownSid)
+            }
+            Decision::Serve(h, metrics::RouteReason::Balance) if head.is_none() => {
+                Decision::Serve(h, metrics::RouteReason::Tls)
+            }
+            other => other,
+        }
     }
 
     /// The worker for a new session (caps first, then the cookie's slot, then the balancer).
@@ -187,11 +201,11 @@ impl Shared {
             .and_then(|slot| roster.ready_in_slot(slot))
             .filter(|h| h.has_room(per_worker))
         {
-            return Decision::Serve(h.clone());
+            return Decision::Serve(h.clone(), metrics::RouteReason::Cookie);
         }
         let (cands, handles) = roster.candidates(per_worker);
         match self.balancer.pick(&cands, client) {
-            Some(i) => Decision::Serve(handles[i].clone()),
+            Some(i) => Decision::Serve(handles[i].clone(), metrics::RouteReason::Balance),
             None if roster.count(Phase::Ready) > 0 => {
                 Decision::Refuse(crate::ipc::message::Refusal::WorkerFull)
             }
@@ -242,6 +256,7 @@ impl Shared {
             tcp_peer: peer,
             client: peer,
             proxied: true,
+            accepted: std::time::Instant::now(),
         };
         tokio::spawn(accept::serve_connection(
             self.clone(),

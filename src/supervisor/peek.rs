@@ -31,6 +31,8 @@ pub struct RequestHead {
     /// The client by `X-Forwarded-For`, if the connection's peer is a trusted proxy (computed
     /// only with `--trusted-proxies`; the caller checks the peer).
     pub forwarded_for: Option<std::net::IpAddr>,
+    /// The path is the health check's (`--health-path`).
+    pub health: bool,
 }
 
 /// Why no head could be read.
@@ -82,6 +84,8 @@ pub struct HeadRules {
     pub max_head: usize,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted: crate::TrustedProxies,
+    /// The health check's path (`--health-path`), if enabled.
+    pub health_path: Option<String>,
 }
 
 /// Outcome of parsing the bytes peeked so far.
@@ -115,6 +119,7 @@ pub fn parse_head(buf: &[u8], rules: &HeadRules) -> Result<Parsed, PeekError> {
                 ..Default::default()
             };
             let (p, query) = path.split_once('?').unwrap_or((path, ""));
+            head.health = rules.health_path.as_deref() == Some(p);
             head.engine = p.starts_with(&rules.engine_prefix)
                 || p == rules.engine_prefix.trim_end_matches('/');
             if head.engine

@@ -26,6 +26,7 @@ use crate::ipc::message::{MemberId, ToWorker};
 
 use super::balance::Balancer;
 use super::hub::Hub;
+use super::metrics::RestartCause;
 use super::notify::Notifier;
 use super::peek::HeadRules;
 use super::slot::{CONTROL_QUEUE, Phase, WorkerHandle};
@@ -108,6 +109,10 @@ pub(super) struct Primary {
     /// Slots to roll because their worker is over the memory limit.
     rolls: Vec<usize>,
     last_status: String,
+    /// Rolling reloads started so far (the generation of the workers started now).
+    generation: u64,
+    /// The admin listener, if `--admin-listen` (kept so it serves until the primary exits).
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Primary {
@@ -134,7 +139,9 @@ impl Primary {
                 cookie: config.sticky_cookie.clone(),
                 max_head: config.max_head_bytes,
                 trusted: config.trusted_proxies.clone(),
+                health_path: Some(config.health_path.clone()).filter(|p| !p.is_empty()),
             },
+            metrics: super::metrics::Metrics::new(n),
             caps: caps::Caps::new(&config, nofile_limit(), n),
             tls: config.tls().is_some(),
             roster: Default::default(),
@@ -168,6 +175,8 @@ impl Primary {
             reload_again: false,
             rolls: Vec::new(),
             last_status: String::new(),
+            generation: 0,
+            admin: None,
         })
     }
 
@@ -181,10 +190,17 @@ impl Primary {
             .map_err(|e| SupervisorError::Listen("socket".into(), "getsockname", e))?;
         let n = self.slots.len();
         tracing::info!(workers = n, %addr, activated, "starting");
+        if let Some(admin_addr) = self.config.admin_listen {
+            // Before the workers: /livez answers, /readyz says 503 until one is ready.
+            let (task, bound) = super::admin::start(self.shared.clone(), admin_addr)?;
+            tracing::info!(addr = %bound, "admin listener on {bound} (/livez /readyz /status /metrics)");
+            self.admin = Some(task);
+        }
         for slot in 0..n {
             self.start_worker(slot).await?;
         }
         if !self.wait_all_ready(n).await? {
+            self.shared.metrics.draining.store(true, Ordering::Relaxed);
             self.stopping = true;
             self.kill_all();
             self.reap(Duration::from_secs(2)).await;
@@ -237,7 +253,8 @@ impl Primary {
             }
         }
 
-        // Drain.
+        // Drain. /readyz answers 503 from now on.
+        self.shared.metrics.draining.store(true, Ordering::Relaxed);
         self.stopping = true;
         self.notifier.stopping();
         let _ = stop_tx.send(true);
@@ -361,6 +378,7 @@ impl Primary {
                 continue;
             }
             let slots: Vec<usize> = (0..self.slots.len()).collect();
+            self.generation += 1;
             let outcome = self.roll(slots, "reload").await;
             if outcome == Wait::Stop {
                 return Wait::Stop;
@@ -418,9 +436,15 @@ impl Primary {
                     continue;
                 }
             }
+            let cause = if why == "memory limit" {
+                RestartCause::Memory
+            } else {
+                RestartCause::Reload
+            };
             for h in &old {
                 tracing::info!(slot, pid = h.pid, worker = %h.member, "{why}: draining the previous worker");
                 drain(h, drain_timeout, true);
+                self.shared.metrics.restarted(slot, cause);
             }
             let members: Vec<MemberId> = old.iter().map(|h| h.member).collect();
             let deadline = tokio::time::Instant::now() + drain_timeout + Duration::from_millis(500);
@@ -502,7 +526,7 @@ impl Primary {
                         pid = h.pid,
                         "worker did not become ready in time; killing it"
                     );
-                    h.kill();
+                    h.kill_for(RestartCause::StartTimeout);
                 }
                 Phase::Ready | Phase::Draining => {
                     let silent = h.last_heartbeat.lock().unwrap().elapsed();
@@ -516,7 +540,7 @@ impl Primary {
                             silent_ms = silent.as_millis() as u64,
                             "worker is hung (no heartbeat); killing it"
                         );
-                        h.kill();
+                        h.kill_for(RestartCause::Hung);
                     } else if let Some(limit) = limit
                         && h.phase() == Phase::Ready
                         && h.rss.load(Ordering::Relaxed) > limit
@@ -644,6 +668,8 @@ impl Primary {
                     );
                     return;
                 }
+                let cause = h.kill_cause().unwrap_or(RestartCause::Exit);
+                self.shared.metrics.restarted(h.slot, cause);
                 let state = &mut self.slots[h.slot];
                 let delay = crash_backoff(state, h.started.elapsed());
                 tracing::error!(
@@ -709,7 +735,13 @@ impl Primary {
         self.next_member += 1;
         let spawned = self.spawner.spawn(slot, member, self.env.clone()).await?;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-        let handle = Arc::new(WorkerHandle::new(member, slot, spawned.pid, tx));
+        let handle = Arc::new(WorkerHandle::new(
+            member,
+            slot,
+            spawned.pid,
+            self.generation,
+            tx,
+        ));
         self.shared.roster.write().unwrap().insert(handle.clone());
         link::start(self.shared.clone(), handle.clone(), spawned.ctl, rx)?;
         spawned

@@ -80,12 +80,24 @@ pub struct WorkerHandle {
     pub capacity: AtomicU64,
     /// Its connections counted per client address (`--max-connections-per-ip`).
     pub per_ip: super::caps::PerIp,
+    /// How many reloads the primary had done when it started this worker.
+    pub generation: u64,
+    /// Its last report for `/status` and `/metrics`.
+    pub report: Mutex<Option<crate::ipc::message::WorkerReport>>,
+    /// Why the primary killed it, if it did ([`RestartCause::code`](super::metrics::RestartCause::code)).
+    kill_cause: AtomicU8,
     kill: Notify,
 }
 
 impl WorkerHandle {
     /// A handle for a freshly spawned process.
-    pub fn new(member: MemberId, slot: usize, pid: u32, ctl: mpsc::Sender<Outgoing>) -> Self {
+    pub fn new(
+        member: MemberId,
+        slot: usize,
+        pid: u32,
+        generation: u64,
+        ctl: mpsc::Sender<Outgoing>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             member,
@@ -101,6 +113,9 @@ impl WorkerHandle {
             rss: AtomicU64::new(0),
             capacity: AtomicU64::new(u64::MAX),
             per_ip: Default::default(),
+            generation,
+            report: Mutex::new(None),
+            kill_cause: AtomicU8::new(0),
             kill: Notify::new(),
         }
     }
@@ -108,6 +123,17 @@ impl WorkerHandle {
     /// Asks the task that owns the child process to kill it (SIGKILL).
     pub fn kill(&self) {
         self.kill.notify_one();
+    }
+
+    /// [`WorkerHandle::kill`], remembering why (reported when its slot is restarted).
+    pub(crate) fn kill_for(&self, cause: super::metrics::RestartCause) {
+        self.kill_cause.store(cause.code(), Ordering::Relaxed);
+        self.kill();
+    }
+
+    /// Why the primary killed it, if it did.
+    pub(crate) fn kill_cause(&self) -> Option<super::metrics::RestartCause> {
+        super::metrics::RestartCause::from_code(self.kill_cause.load(Ordering::Relaxed))
     }
 
     /// Resolves when [`WorkerHandle::kill`] was called.

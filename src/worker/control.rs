@@ -114,6 +114,15 @@ impl Control {
         }
     }
 
+    /// The primary's answer to a health check on the main port: status (200 or 503) and JSON
+    /// body.
+    pub async fn health(&self) -> Result<(u16, String), WorkerError> {
+        match self.request(|req| ToPrimary::Health { req }).await? {
+            ToWorker::Health { status, body, .. } => Ok((status, body)),
+            _ => Err(WorkerError::PrimaryUnresponsive),
+        }
+    }
+
     /// Delivers a reply to the request waiting for it.
     pub fn resolve(&self, req: u64, reply: ToWorker) {
         if let Some(tx) = self.inner.pending.lock().unwrap().remove(&req) {

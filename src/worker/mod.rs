@@ -10,6 +10,7 @@ pub(crate) mod body;
 pub(crate) mod control;
 pub(crate) mod forward;
 pub(crate) mod lease;
+pub(crate) mod report;
 pub(crate) mod serve;
 pub(crate) mod session;
 pub(crate) mod tracked;
@@ -215,6 +216,11 @@ pub struct WorkerInfo {
 pub(crate) struct WorkerStats {
     /// Requests forwarded to another worker.
     pub forwarded: AtomicU64,
+    /// Bytes read from client connections (not forwarded ones: the forwarding worker counted
+    /// them), since start.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to client connections, since start.
+    pub bytes_out: AtomicU64,
 }
 
 /// The door settings a worker applies to its connections.
@@ -248,6 +254,8 @@ pub(crate) struct WorkerShared {
     /// Woken by every close, so the primary's counts (caps, least-conn) follow within
     /// milliseconds rather than a report interval.
     pub load_changed: tokio::sync::Notify,
+    /// `--health-path`, unless disabled: answered with the primary's health.
+    pub health_path: Option<String>,
 }
 
 impl WorkerShared {
@@ -414,6 +422,7 @@ where
         pid: std::process::id(),
         adapter: config.adapter,
     };
+    let bus = cluster.driver.clone();
     let router = app(Worker {
         io: io.clone(),
         info,
@@ -461,6 +470,7 @@ where
         closed_total: AtomicU64::new(0),
         drain,
         stats: WorkerStats::default(),
+        health_path: Some(config.health_path.clone()).filter(|p| !p.is_empty()),
     });
 
     control.send(
@@ -469,7 +479,7 @@ where
         },
         None,
     );
-    spawn_reporters(&shared, &config, io.clone());
+    spawn_reporters(&shared, &config, io.clone(), bus);
 
     loop {
         let (msg, fds, lost) = match ctl_rx.recv_partial().await {
@@ -514,7 +524,8 @@ where
             }
             reply @ (ToWorker::SidRegistered { req }
             | ToWorker::SidLocation { req, .. }
-            | ToWorker::Picked { req, .. }) => {
+            | ToWorker::Picked { req, .. }
+            | ToWorker::Health { req, .. }) => {
                 control.resolve(req, reply);
             }
             ToWorker::Drain {
@@ -566,7 +577,12 @@ async fn drain_and_exit(
     std::process::exit(0);
 }
 
-fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<ClusterAdapter>) {
+fn spawn_reporters(
+    shared: &Arc<WorkerShared>,
+    config: &Config,
+    io: SocketIo<ClusterAdapter>,
+    bus: ClusterDriver,
+) {
     // Load: connections closed and descriptor room, soon after a close (closes within 2 ms
     // go in one report) and otherwise every 100 ms, only when it changed. Descriptors in use
     // are counted once a second, off the runtime thread.
@@ -635,6 +651,34 @@ fn spawn_reporters(shared: &Arc<WorkerShared>, config: &Config, io: SocketIo<Clu
                     seq,
                     rss_bytes: resident_bytes(),
                 },
+                None,
+            );
+        }
+    });
+    // Metrics report: sockets per namespace, traffic, descriptors, memory.
+    let s = shared.clone();
+    let every = Duration::from_millis(config.heartbeat_interval_ms.max(10));
+    let reporter_io = io.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut sampler = report::Sampler::default();
+        loop {
+            tick.tick().await;
+            let namespaces = sampler.sample(&reporter_io);
+            let open_fds = tokio::task::spawn_blocking(open_descriptors)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            s.control.send(
+                ToPrimary::Report(crate::ipc::message::WorkerReport {
+                    namespaces,
+                    bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
+                    open_fds,
+                    rss_bytes: resident_bytes(),
+                    bus_up: bus.is_up(),
+                }),
                 None,
             );
         }

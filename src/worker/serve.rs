@@ -62,7 +62,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            let io = Tracked::new(stream, shared.clone(), manifest.counted_ip, end);
+            let io = Tracked::new(stream, shared.clone(), manifest.counted_ip, end, true);
             match shared.door.tls.clone() {
                 None => {
                     let io = WsLimited::new(io, shared.door.ws, ws);
@@ -100,7 +100,7 @@ pub(crate) fn spawn(
                 .and_then(|_| tokio::net::UnixStream::from_std(std))
             {
                 Ok(stream) => {
-                    let io = Tracked::new(stream, shared.clone(), None, end);
+                    let io = Tracked::new(stream, shared.clone(), None, end, false);
                     let io = WsLimited::new(io, shared.door.ws, ws);
                     tokio::spawn(serve(shared, svc, io, ctx));
                 }

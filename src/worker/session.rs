@@ -168,6 +168,16 @@ where
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.client_addr(&req);
+        if self
+            .shared
+            .health_path
+            .as_deref()
+            .is_some_and(|p| p == req.uri().path())
+        {
+            // The health check: the primary's answer, whatever this worker's state.
+            let shared = self.shared.clone();
+            return Box::pin(async move { Ok(health(&shared).await) });
+        }
         let kind = classify(
             req.uri().path(),
             req.uri().query(),
@@ -268,6 +278,26 @@ impl<S> SessionService<S> {
 }
 
 /// A 503 for a refused new session. `close`: end the connection after it.
+/// The health check's response, as the primary gives it (503 if it does not answer).
+async fn health(shared: &WorkerShared) -> Response<Body> {
+    let (status, body) = match shared.control.health().await {
+        Ok(answer) => answer,
+        Err(_) => (
+            503,
+            r#"{"status":"unavailable","reason":"the primary does not answer"}"#.to_owned(),
+        ),
+    };
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 fn refusal(r: Refusal, close: bool) -> Response<Body> {
     let mut res = Response::new(Body::from(format!("{}; retry later\r\n", r.reason())));
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

@@ -4,11 +4,13 @@
 //! the upgraded stream that engineioxide keeps until the websocket closes. So "the connection
 //! closed" is when the IO is dropped, wherever it went: [`Tracked`] does the accounting then
 //! (open count, the per-IP count reported to the primary, and the session of a websocket that
-//! no longer needs routing).
+//! no longer needs routing). It also counts the bytes of client connections for `/metrics`
+//! (one relaxed atomic add per read or write).
 
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -31,21 +33,37 @@ pub(crate) struct Tracked<IO> {
     shared: Arc<WorkerShared>,
     counted_ip: Option<IpAddr>,
     end: Arc<ConnEnd>,
+    /// Count its bytes (a client connection; a forwarded one was counted by its forwarder).
+    count_bytes: bool,
 }
 
 impl<IO> Tracked<IO> {
-    /// Wraps the IO of a connection already counted open.
+    /// Wraps the IO of a connection already counted open; `count_bytes` for a client
+    /// connection.
     pub fn new(
         io: IO,
         shared: Arc<WorkerShared>,
         counted_ip: Option<IpAddr>,
         end: Arc<ConnEnd>,
+        count_bytes: bool,
     ) -> Self {
         Self {
             io,
             shared,
             counted_ip,
             end,
+            count_bytes,
+        }
+    }
+
+    fn wrote(&self, res: &Poll<io::Result<usize>>) {
+        if self.count_bytes
+            && let Poll::Ready(Ok(n)) = res
+        {
+            self.shared
+                .stats
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
         }
     }
 }
@@ -73,7 +91,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.count_bytes && matches!(res, Poll::Ready(Ok(()))) {
+            let n = buf.filled().len().saturating_sub(before);
+            self.shared
+                .stats
+                .bytes_in
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
     }
 }
 
@@ -83,7 +110,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let res = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&res);
+        res
     }
 
     fn poll_write_vectored(
@@ -91,7 +120,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&res);
+        res
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,118 @@
+//! The admin listener (`--admin-listen`): the cluster's health, status and metrics, served by
+//! the primary on its own address.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/livez` | `200` while the primary runs |
+//! | `/readyz` | `200` when a worker is ready and the cluster is not draining, else `503`; JSON body |
+//! | `/status` | JSON: every worker (index, pid, generation, state, uptime, connections, sessions, RSS, restarts), adapter, draining, version |
+//! | `/metrics` | Prometheus / OpenMetrics text for the whole cluster ([`metrics`](super::metrics)) |
+//!
+//! It runs on the primary's runtime, apart from the accept loop, and keeps answering during a
+//! drain (so a load balancer sees `/readyz` turn 503 from the first moment of SIGTERM). Each
+//! answer is computed from memory; nothing here waits on a worker.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::{Shared, SupervisorError, metrics};
+
+/// Content type of `/metrics` (what `prometheus-client`'s text encoder writes).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `addr` and serves the admin endpoints on a task; returns it and the bound address.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), SupervisorError> {
+    let listen_err = |what, e| SupervisorError::Listen(format!("{addr} (--admin-listen)"), what, e);
+    let std = std::net::TcpListener::bind(addr).map_err(|e| listen_err("bind", e))?;
+    std.set_nonblocking(true)
+        .map_err(|e| listen_err("set_nonblocking", e))?;
+    let bound = std.local_addr().map_err(|e| listen_err("getsockname", e))?;
+    let listener = tokio::net::TcpListener::from_std(std).map_err(|e| listen_err("register", e))?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, mostly: wait a little instead of spinning.
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "admin connection: {e}");
+                }
+            });
+        }
+    });
+    Ok((task, bound))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+/// The response to one admin request.
+fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/livez" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => {
+            let (status, body) = metrics::health(shared);
+            text(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "application/json",
+                body,
+            )
+        }
+        "/status" => {
+            let body = serde_json::to_string(&metrics::status(shared))
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            text(StatusCode::OK, "application/json", body)
+        }
+        "/metrics" => text(StatusCode::OK, OPENMETRICS, metrics::render(shared)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /livez, /readyz, /status or /metrics\n".into(),
+        ),
+    }
+}
