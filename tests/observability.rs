@@ -122,6 +122,8 @@ const FAMILIES: &[&str] = &[
     "socket_io_connected",
     "socket_io_connect_total",
     "socket_io_disconnect_total",
+    "socket_io_events_received_total",
+    "socket_io_events_sent_total",
     "socket_io_receive_bytes_total",
     "socket_io_transmit_bytes_total",
     "sio_cluster_routed_total",
@@ -290,6 +292,39 @@ fn admin_endpoints_health_metrics_and_the_status_command() {
         scrape(admin)
             .iter()
             .filter(|s| s.name.starts_with("socket_io_"))
+            .collect::<Vec<_>>()
+    );
+
+    // Events both ways, over websocket and over polling, counted exactly: each `echo` is one
+    // event in and one `msg` event out, and the test app greets each connect with an `auth`
+    // event (the polling client's: one more out).
+    let before = scrape(admin);
+    let (in0, out0) = (
+        sum(&before, "socket_io_events_received_total", &[]),
+        sum(&before, "socket_io_events_sent_total", &[]),
+    );
+    rt.block_on(async {
+        let mut polling = Client::connect(ClientConfig::new(c.addr, Transport::Polling))
+            .await
+            .expect("polling connect");
+        for cl in clients.iter_mut().chain(std::iter::once(&mut polling)) {
+            cl.emit("/", "echo", vec![serde_json::json!("hi")])
+                .await
+                .unwrap();
+            cl.next_event_named("msg", T).await.expect("msg back");
+        }
+        polling.disconnect().await.ok();
+    });
+    assert!(
+        eventually(T, || {
+            let m = scrape(admin);
+            sum(&m, "socket_io_events_received_total", &[]) - in0 == 7.0
+                && sum(&m, "socket_io_events_sent_total", &[]) - out0 == 8.0
+        }),
+        "events not counted: {:?}",
+        scrape(admin)
+            .iter()
+            .filter(|s| s.name.starts_with("socket_io_events"))
             .collect::<Vec<_>>()
     );
 

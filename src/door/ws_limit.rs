@@ -143,6 +143,8 @@ enum CursorState {
 struct FrameCursor {
     /// Position within the current frame.
     state: CursorState,
+    /// Masking key of the last header completed (zeros for an unmasked frame).
+    mask: [u8; 4],
 }
 
 impl FrameCursor {
@@ -153,7 +155,13 @@ impl FrameCursor {
                 bytes: [0; MAX_HEADER],
                 have: 0,
             },
+            mask: [0; 4],
         }
+    }
+
+    /// Whether the next byte fed is payload.
+    fn in_payload(&self) -> bool {
+        matches!(self.state, CursorState::Payload { .. })
     }
 
     /// Whether the next byte fed starts a frame.
@@ -213,6 +221,12 @@ impl FrameCursor {
                     let have_now = usize::from(*have);
                     if have_now >= 2 && have_now >= Self::header_len(bytes[1]) {
                         let header = Self::decode(bytes);
+                        self.mask = if bytes[1] & 0x80 != 0 {
+                            let at = have_now - 4;
+                            [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]
+                        } else {
+                            [0; 4]
+                        };
                         self.state = if header.payload_len == 0 {
                             CursorState::Header {
                                 bytes: [0; MAX_HEADER],
@@ -232,6 +246,55 @@ impl FrameCursor {
     }
 }
 
+/// Opcode of a text frame.
+const OP_TEXT: u8 = 0x1;
+
+/// Collects the first two payload bytes of each text message as they pass (unmasked), to
+/// count Socket.IO events ([`crate::worker::events`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct EventPrefix {
+    /// Prefix bytes still wanted from the current frame's payload (0: none).
+    want: u8,
+    /// The bytes so far.
+    got: [u8; 2],
+    /// Masking key of the frame.
+    mask: [u8; 4],
+    /// Events found and not yet reported.
+    events: u64,
+}
+
+impl EventPrefix {
+    /// A header completed: a text message's first frame with room for a prefix is looked at.
+    fn header(&mut self, header: FrameHeader, mask: [u8; 4]) {
+        self.want = if header.opcode == OP_TEXT && header.payload_len >= 2 {
+            2
+        } else {
+            0
+        };
+        self.mask = mask;
+    }
+
+    /// Takes prefix bytes from the front of `data` (payload bytes of the current frame),
+    /// without consuming them.
+    fn take(&mut self, data: &[u8]) {
+        for &b in data.iter().take(usize::from(self.want)) {
+            let i = usize::from(2 - self.want);
+            if let Some(slot) = self.got.get_mut(i) {
+                *slot = b ^ self.mask[i & 3];
+            }
+            self.want -= 1;
+            if self.want == 0 && crate::worker::events::is_event_prefix(self.got) {
+                self.events += 1;
+            }
+        }
+    }
+
+    /// Events found since the last call.
+    fn drain(&mut self) -> u64 {
+        std::mem::take(&mut self.events)
+    }
+}
+
 /// The read side: follows client→server frames and checks each data frame's header against
 /// the limits.
 #[derive(Debug, Clone, Copy)]
@@ -244,6 +307,8 @@ struct ReadLimiter {
     max_message: u64,
     /// `max_frame` as u64.
     max_frame: u64,
+    /// Event counting.
+    events: EventPrefix,
 }
 
 impl ReadLimiter {
@@ -254,6 +319,7 @@ impl ReadLimiter {
             message_len: 0,
             max_message: u64::try_from(limits.max_message).unwrap_or(u64::MAX),
             max_frame: u64::try_from(limits.max_frame).unwrap_or(u64::MAX),
+            events: EventPrefix::default(),
         }
     }
 
@@ -289,12 +355,16 @@ impl ReadLimiter {
             if self.cursor.at_boundary() {
                 header_start = pos;
             }
+            if self.cursor.in_payload() {
+                self.events.take(rest);
+            }
             let (n, header) = self.cursor.feed(rest);
             pos += n;
-            if let Some(header) = header
-                && !self.admit(header)
-            {
-                return Err(header_start);
+            if let Some(header) = header {
+                if !self.admit(header) {
+                    return Err(header_start);
+                }
+                self.events.header(header, self.cursor.mask);
             }
         }
         Ok(())
@@ -344,6 +414,8 @@ struct WriteRewriter {
     swallowing: bool,
     /// Replacement bytes reported as written but not yet written to the inner IO.
     pending: &'static [u8],
+    /// Event counting.
+    events: EventPrefix,
 }
 
 impl WriteRewriter {
@@ -357,6 +429,7 @@ impl WriteRewriter {
             cursor: FrameCursor::new(),
             swallowing: false,
             pending: &[],
+            events: EventPrefix::default(),
         }
     }
 
@@ -388,7 +461,14 @@ impl WriteRewriter {
                     {
                         return pos;
                     }
-                    pos += self.cursor.feed(rest).0;
+                    if self.cursor.in_payload() {
+                        self.events.take(rest);
+                    }
+                    let (n, header) = self.cursor.feed(rest);
+                    pos += n;
+                    if let Some(header) = header {
+                        self.events.header(header, self.cursor.mask);
+                    }
                 }
             }
         }
@@ -427,6 +507,8 @@ pub(crate) struct WsLimited<IO> {
     read: ReadLimiter,
     /// Server→client frame boundaries and the 1009 rewrite.
     write: WriteRewriter,
+    /// Where the events found go, if counted.
+    counts: Option<Arc<crate::worker::events::EventCounts>>,
 }
 
 impl<IO> WsLimited<IO> {
@@ -437,7 +519,14 @@ impl<IO> WsLimited<IO> {
             switch,
             read: ReadLimiter::new(limits),
             write: WriteRewriter::new(),
+            counts: None,
         }
+    }
+
+    /// Counts the Socket.IO events of the websocket (both ways) into `counts`.
+    pub(crate) fn counting(mut self, counts: Arc<crate::worker::events::EventCounts>) -> Self {
+        self.counts = Some(counts);
+        self
     }
 }
 
@@ -487,6 +576,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsLimited<IO> {
         let n = ready!(Pin::new(&mut self.io).poll_write(cx, through))?.min(through.len());
         self.write
             .advance(through.get(..n).unwrap_or(through), oversized);
+        let events = self.write.events.drain();
+        if events > 0
+            && let Some(c) = &self.counts
+        {
+            c.sent.fetch_add(events, Ordering::Relaxed);
+        }
         Poll::Ready(Ok(n))
     }
 }
@@ -507,7 +602,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsLimited<IO> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         let new = buf.filled().get(before..).unwrap_or(&[]);
-        match this.read.scan(new) {
+        let scanned = this.read.scan(new);
+        let events = this.read.events.drain();
+        if events > 0
+            && let Some(c) = &this.counts
+        {
+            c.received.fetch_add(events, Ordering::Relaxed);
+        }
+        match scanned {
             Ok(()) => Poll::Ready(Ok(())),
             Err(cut) => {
                 this.switch.mark_oversized();
@@ -878,6 +980,44 @@ mod tests {
     }
 
     // ---- ReadLimiter ----
+
+    #[test]
+    fn events_are_counted_from_text_message_prefixes_both_ways() {
+        let big = WsLimits {
+            max_message: 1 << 20,
+            max_frame: 1 << 20,
+        };
+        // Client frames (masked), fed whole and one byte at a time.
+        let mut stream = Vec::new();
+        stream.extend(client(true, OP_TEXT, b"42[\"a\"]"));
+        stream.extend(client(true, OP_TEXT, b"2")); // ping reply: not an event
+        stream.extend(client(true, OP_TEXT, b"43[1]")); // ack
+        stream.extend(client(false, OP_TEXT, b"4")); // an event split over two frames...
+        stream.extend(client(true, OP_CONTINUATION, b"5-[\"b\",{}]")); // (not looked at)
+        stream.extend(client(true, 2, b"42")); // binary attachment: not an event
+        stream.extend(client(true, OP_TEXT, b"45-[\"c\"]"));
+        let mut whole = ReadLimiter::new(big);
+        whole.scan(&stream).unwrap();
+        assert_eq!(whole.events.drain(), 2);
+        let mut bytewise = ReadLimiter::new(big);
+        for b in &stream {
+            bytewise.scan(std::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(bytewise.events.drain(), 2);
+        assert_eq!(bytewise.events.drain(), 0);
+
+        // Server frames (unmasked), after the 101 head.
+        let mut out = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n".to_vec();
+        out.extend(server(OP_TEXT, b"42[\"msg\",1]"));
+        out.extend(server(OP_TEXT, b"3"));
+        out.extend(server(OP_TEXT, b"40{\"sid\":\"x\"}"));
+        out.extend(server(OP_TEXT, b"42[\"msg\",2]"));
+        let mut w = WriteRewriter::new();
+        for chunk in out.chunks(3) {
+            w.advance(chunk, false);
+        }
+        assert_eq!(w.events.drain(), 2);
+    }
 
     #[test]
     fn limiter_rules() {

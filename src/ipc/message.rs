@@ -143,6 +143,10 @@ pub struct WorkerReport {
     pub bytes_in: u64,
     /// Bytes written to client connections, since start.
     pub bytes_out: u64,
+    /// Socket.IO events received from clients, since start.
+    pub events_in: u64,
+    /// Socket.IO events sent to clients, since start.
+    pub events_out: u64,
     /// Descriptors open in the worker.
     pub open_fds: u64,
     /// Resident memory, bytes.

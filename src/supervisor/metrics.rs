@@ -462,6 +462,16 @@ pub(crate) fn render(shared: &Shared) -> String {
         "socket_io_disconnect",
         "Socket.IO namespace disconnects (sampled like socket_io_connect_total)",
     );
+    let events_in = counter_family(
+        &mut reg,
+        "socket_io_events_received",
+        "Socket.IO events (EVENT and BINARY_EVENT packets) received from clients, websocket and polling",
+    );
+    let events_out = counter_family(
+        &mut reg,
+        "socket_io_events_sent",
+        "Socket.IO events sent to clients, websocket and polling (a broadcast counts once per client)",
+    );
     let bytes_in = counter_family(
         &mut reg,
         "socket_io_receive_bytes",
@@ -491,9 +501,11 @@ pub(crate) fn render(shared: &Shared) -> String {
         let w = worker_label(h);
         let r = report_of(h);
         if r.namespaces.is_empty() {
-            connected
-                .get_or_create(&vec![("worker", w.clone()), ("namespace", "/".into())])
-                .set(0);
+            // Before its first report: the main namespace at zero, so every family has a sample.
+            let labels = vec![("worker", w.clone()), ("namespace", "/".into())];
+            connected.get_or_create(&labels).set(0);
+            connects.get_or_create(&labels).inc_by(0);
+            disconnects.get_or_create(&labels).inc_by(0);
         }
         for ns in &r.namespaces {
             let labels = vec![("worker", w.clone()), ("namespace", ns.path.clone())];
@@ -504,6 +516,8 @@ pub(crate) fn render(shared: &Shared) -> String {
             disconnects.get_or_create(&labels).inc_by(ns.disconnects);
         }
         let wl = vec![("worker", w.clone())];
+        events_in.get_or_create(&wl).inc_by(r.events_in);
+        events_out.get_or_create(&wl).inc_by(r.events_out);
         bytes_in.get_or_create(&wl).inc_by(r.bytes_in);
         bytes_out.get_or_create(&wl).inc_by(r.bytes_out);
         rss.get_or_create(&wl)

@@ -35,6 +35,8 @@ pub(crate) enum BodyError {
 pub(crate) struct BodyWatch {
     expired: AtomicBool,
     close_packet: AtomicBool,
+    /// Socket.IO events in the body so far (polling POST).
+    events: std::sync::atomic::AtomicU64,
 }
 
 impl BodyWatch {
@@ -46,6 +48,11 @@ impl BodyWatch {
     /// The complete body held an Engine.IO close packet.
     pub fn close_packet(&self) -> bool {
         self.close_packet.load(Ordering::Relaxed)
+    }
+
+    /// Socket.IO events the body carried (as far as it was read).
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 }
 
@@ -89,6 +96,8 @@ pub(crate) struct TimedBody {
     timeout: Duration,
     watch: Arc<BodyWatch>,
     scan: Option<Scan>,
+    /// Counts the events of the payload (with `scan`).
+    events: Option<super::events::RecordScan>,
 }
 
 impl std::fmt::Debug for TimedBody {
@@ -111,6 +120,7 @@ impl TimedBody {
                 timeout,
                 watch: watch.clone(),
                 scan: scan.then_some(Scan::Start),
+                events: scan.then_some(super::events::RecordScan::default()),
             },
             watch,
         )
@@ -130,6 +140,12 @@ impl Body for TimedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(scan), Some(data)) = (this.scan.as_mut(), frame.data_ref()) {
                     *scan = scan.feed(data);
+                }
+                if let (Some(events), Some(data)) = (this.events.as_mut(), frame.data_ref()) {
+                    let n = events.feed(data);
+                    if n > 0 {
+                        this.watch.events.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

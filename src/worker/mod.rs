@@ -8,6 +8,7 @@
 
 pub(crate) mod body;
 pub(crate) mod control;
+pub(crate) mod events;
 pub(crate) mod forward;
 pub(crate) mod lease;
 pub(crate) mod report;
@@ -256,6 +257,8 @@ pub(crate) struct WorkerShared {
     pub load_changed: tokio::sync::Notify,
     /// `--health-path`, unless disabled: answered with the primary's health.
     pub health_path: Option<String>,
+    /// Socket.IO events received and sent (websocket and polling).
+    pub events: Arc<events::EventCounts>,
 }
 
 impl WorkerShared {
@@ -471,6 +474,7 @@ where
         drain,
         stats: WorkerStats::default(),
         health_path: Some(config.health_path.clone()).filter(|p| !p.is_empty()),
+        events: Default::default(),
     });
 
     control.send(
@@ -675,6 +679,8 @@ fn spawn_reporters(
                     namespaces,
                     bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
                     bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
+                    events_in: s.events.received.load(Ordering::Relaxed),
+                    events_out: s.events.sent.load(Ordering::Relaxed),
                     open_fds,
                     rss_bytes: resident_bytes(),
                     bus_up: bus.is_up(),

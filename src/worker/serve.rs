@@ -65,7 +65,7 @@ pub(crate) fn spawn(
             let io = Tracked::new(stream, shared.clone(), manifest.counted_ip, end, true);
             match shared.door.tls.clone() {
                 None => {
-                    let io = WsLimited::new(io, shared.door.ws, ws);
+                    let io = WsLimited::new(io, shared.door.ws, ws).counting(shared.events.clone());
                     tokio::spawn(serve(shared, svc, io, ctx));
                 }
                 Some(acceptor) => {
@@ -77,7 +77,8 @@ pub(crate) fn spawn(
                         .await;
                         match handshake {
                             Ok(Ok(tls)) => {
-                                let io = WsLimited::new(tls, shared.door.ws, ws);
+                                let io = WsLimited::new(tls, shared.door.ws, ws)
+                                    .counting(shared.events.clone());
                                 serve(shared, svc, io, ctx).await;
                             }
                             // Dropping the IO accounts for the connection.
@@ -101,7 +102,7 @@ pub(crate) fn spawn(
             {
                 Ok(stream) => {
                     let io = Tracked::new(stream, shared.clone(), None, end, false);
-                    let io = WsLimited::new(io, shared.door.ws, ws);
+                    let io = WsLimited::new(io, shared.door.ws, ws).counting(shared.events.clone());
                     tokio::spawn(serve(shared, svc, io, ctx));
                 }
                 Err(e) => {

@@ -26,6 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -42,6 +43,7 @@ use crate::supervisor::peek::query_param;
 
 use super::WorkerShared;
 use super::body::TimedBody;
+use super::events::CountingBody;
 use super::forward;
 use super::tracked::ConnEnd;
 
@@ -200,7 +202,20 @@ where
                     // another worker's keep-alive connection) must still count as active.
                     let ours = shared.leases.touch(&sid);
                     if ours || conn.forwarded {
-                        let res = serve_session(inner, &shared, sid, req, &conn).await;
+                        let get = req.method() == http::Method::GET;
+                        let mut res = serve_session(inner, &shared, sid, req, &conn).await;
+                        let received = watch.events();
+                        if received > 0 {
+                            shared
+                                .events
+                                .received
+                                .fetch_add(received, Ordering::Relaxed);
+                        }
+                        if get && res.status() == StatusCode::OK {
+                            // A polling GET: count the events it carries as they go out.
+                            let counts = shared.events.clone();
+                            res = res.map(|b| Body::new(CountingBody::new(b, counts)));
+                        }
                         if watch.close_packet() && shared.leases.remove(&sid) {
                             // The client closed its session: stop routing it at once.
                             shared.unregister(vec![sid]);
