@@ -132,6 +132,7 @@ const FAMILIES: &[&str] = &[
     "sio_cluster_rejected_total",
     "sio_cluster_worker_restarts_total",
     "sio_cluster_workers_ready",
+    "sio_cluster_adapter_request_timeouts_total",
     "sio_cluster_bus_messages_total",
     "sio_cluster_bus_bytes_total",
     "process_resident_memory_bytes",
@@ -619,4 +620,71 @@ fn readyz_follows_the_redis_connection_in_redis_mode() {
         "/readyz did not come back with Redis: {}",
         get(admin, "/readyz").1
     );
+}
+
+#[test]
+fn adapter_requests_that_time_out_are_counted() {
+    let c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--request-timeout-ms",
+        "300",
+        "--heartbeat-interval-ms",
+        "200",
+        "--heartbeat-timeout-ms",
+        "20000",
+    ])
+    .spawn();
+    let admin = admin_addr(&c);
+    let name = "sio_cluster_adapter_request_timeouts_total";
+    assert!(has(&scrape(admin), name));
+    assert_eq!(sum(&scrape(admin), name, &[]), 0.0);
+    let rt = rt();
+    rt.block_on(async {
+        let a = Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
+            .await
+            .unwrap();
+        let b = Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
+            .await
+            .unwrap();
+        let wa = a.emit_with_ack("/", "whoami", vec![], T).await.unwrap()[0].clone();
+        let wb = b.emit_with_ack("/", "whoami", vec![], T).await.unwrap()[0].clone();
+        assert_ne!(
+            wa["worker"], wb["worker"],
+            "least-conn puts them on both workers"
+        );
+        // A cluster-wide count answered by both workers: no timeout.
+        let n = a
+            .emit_with_ack("/", "count_sockets", vec![Value::Null], T)
+            .await
+            .unwrap();
+        assert_eq!(n[0], 2);
+        // Freeze b's worker: a's count waits for it until the request timeout.
+        let frozen = wb["pid"].as_u64().unwrap() as i32;
+        // SAFETY: kill(2) on a worker of the cluster this test started.
+        unsafe { libc::kill(frozen, libc::SIGSTOP) };
+        let _ = a
+            .emit_with_ack("/", "count_sockets", vec![Value::Null], T)
+            .await;
+        let worker_a = wa["worker"].to_string();
+        let counted = eventually(T, || {
+            sum(
+                &scrape(admin),
+                name,
+                &[("worker", worker_a.trim_matches('"'))],
+            ) == 1.0
+        });
+        // SAFETY: as above.
+        unsafe { libc::kill(frozen, libc::SIGCONT) };
+        assert!(
+            counted,
+            "{:?}",
+            scrape(admin)
+                .iter()
+                .filter(|s| s.name == name)
+                .collect::<Vec<_>>()
+        );
+    });
 }

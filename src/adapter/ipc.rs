@@ -134,6 +134,16 @@ struct Inner {
 }
 
 impl IpcDriver {
+    /// Adapter requests of this worker that ended at their timeout with answers missing, since
+    /// start.
+    pub fn request_timeouts(&self) -> u64 {
+        self.inner
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .timed_out(std::time::Instant::now())
+    }
+
     /// Starts the driver on the worker's bus socket. `prefix` is the adapter's channel prefix;
     /// `ask_timeout` is the adapter's request timeout; `request_lifetime` bounds how long a
     /// request is tracked. A broadcast with ack that carries its own ack timeout is tracked for at
@@ -234,13 +244,17 @@ impl IpcDriver {
             _ => self.inner.request_lifetime,
         };
         let members: Vec<MemberId> = targets.iter().map(|(m, _)| *m).collect();
-        self.inner.tracker.lock().unwrap().track(
-            header.id,
-            header.kind,
-            resp_chan,
-            targets,
-            lifetime,
-        );
+        // How long the adapter waits for the answers: its request timeout, plus the ack
+        // timeout for a broadcast with acks.
+        let wait = match header.kind {
+            kind::BROADCAST_WITH_ACK => wire::peek_ack_timeout(payload)
+                .map_or(self.inner.ask_timeout, |ack| self.inner.ask_timeout + ack),
+            _ => self.inner.ask_timeout,
+        };
+        let mut tracker = self.inner.tracker.lock().unwrap();
+        tracker.track(header.id, header.kind, resp_chan, targets, lifetime);
+        tracker.expect_within(header.id, wait);
+        drop(tracker);
         Ok(Plan::Tracked(RequestMeta {
             req_id: Cow::Borrowed(header.id),
             targets: Cow::Owned(members),

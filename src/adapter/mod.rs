@@ -47,6 +47,16 @@ pub enum DriverError {
 }
 
 impl ClusterDriver {
+    /// Adapter requests (fetch_sockets, rooms, acks across workers...) that ended at their
+    /// timeout with answers missing, since start; `None` in Redis mode (not observable).
+    pub fn request_timeouts(&self) -> Option<u64> {
+        match self {
+            ClusterDriver::Ipc(d) => Some(d.request_timeouts()),
+            // socketioxide-redis keeps its requests to itself: not counted.
+            ClusterDriver::Redis(_) => None,
+        }
+    }
+
     /// Whether the bus can carry messages now: always for the IPC bus (it lives as long as the
     /// primary), the Redis connection's state in Redis mode.
     pub fn is_up(&self) -> bool {

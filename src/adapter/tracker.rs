@@ -46,6 +46,10 @@ struct Pending {
     /// Target → (its uid, what it still owes).
     targets: HashMap<MemberId, (String, Owed)>,
     deadline: Instant,
+    /// When the requester stops waiting (the adapter's request timeout), if known.
+    timeout_at: Option<Instant>,
+    /// Counted as timed out already.
+    timed_out: bool,
 }
 
 /// A stand-in response to inject on a response channel.
@@ -62,6 +66,8 @@ pub(crate) struct Injection {
 pub(crate) struct Tracker {
     reqs: HashMap<String, Pending>,
     last_gc: Option<Instant>,
+    /// Requests counted by [`Tracker::timed_out`].
+    timed_out_total: u64,
 }
 
 impl Tracker {
@@ -90,8 +96,30 @@ impl Tracker {
                 resp_chan,
                 targets,
                 deadline: now + lifetime,
+                timeout_at: None,
+                timed_out: false,
             },
         );
+    }
+
+    /// The requester of `req_id` waits `timeout` from now for its answers: if some are still
+    /// missing then, [`Tracker::timed_out`] counts it.
+    pub fn expect_within(&mut self, req_id: &str, timeout: Duration) {
+        if let Some(p) = self.reqs.get_mut(req_id) {
+            p.timeout_at = Some(Instant::now() + timeout);
+        }
+    }
+
+    /// Requests whose requester stopped waiting with answers still missing, since start
+    /// (counts those past their timeout now; `sio_cluster_adapter_request_timeouts_total`).
+    pub fn timed_out(&mut self, now: Instant) -> u64 {
+        for p in self.reqs.values_mut() {
+            if !p.timed_out && p.timeout_at.is_some_and(|t| t <= now) {
+                p.timed_out = true;
+                self.timed_out_total += 1;
+            }
+        }
+        self.timed_out_total
     }
 
     /// Accounts for a response received on one of this worker's response channels; `false` when
@@ -186,7 +214,15 @@ impl Tracker {
             return;
         }
         self.last_gc = Some(now);
-        self.reqs.retain(|_, p| p.deadline > now);
+        let mut late = 0;
+        self.reqs.retain(|_, p| {
+            let keep = p.deadline > now;
+            if !keep && !p.timed_out && p.timeout_at.is_some() {
+                late += 1;
+            }
+            keep
+        });
+        self.timed_out_total += late;
     }
 
     /// Requests still tracked.
@@ -231,6 +267,28 @@ mod tests {
             },
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn requests_still_owed_at_their_timeout_are_counted_once() {
+        let (r1, r2) = (Sid::new(), Sid::new());
+        let b = Uid::new();
+        let mut t = Tracker::default();
+        for r in [r1, r2] {
+            t.track(
+                r.as_str(),
+                kind::BROADCAST_WITH_ACK,
+                "resp".into(),
+                [(MemberId(2), b.to_string())],
+                Duration::from_secs(10),
+            );
+            t.expect_within(r.as_str(), Duration::ZERO);
+        }
+        // r1 completes before anyone looks: not a timeout.
+        assert!(t.on_response(&count(r1, b, 0)));
+        let now = Instant::now();
+        assert_eq!(t.timed_out(now), 1);
+        assert_eq!(t.timed_out(now + Duration::from_secs(1)), 1);
     }
 
     #[test]

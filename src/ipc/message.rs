@@ -153,6 +153,8 @@ pub struct WorkerReport {
     pub rss_bytes: u64,
     /// The adapter's bus is up (always with IPC; the Redis connection in Redis mode).
     pub bus_up: bool,
+    /// Adapter requests that timed out with answers missing, since start (IPC bus only).
+    pub adapter_timeouts: u64,
 }
 
 /// One namespace of a [`WorkerReport`].

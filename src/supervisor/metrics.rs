@@ -492,6 +492,11 @@ pub(crate) fn render(shared: &Shared) -> String {
         "process_open_fds",
         "Open file descriptors of each process of the cluster",
     );
+    let adapter_timeouts = counter_family(
+        &mut reg,
+        "sio_cluster_adapter_request_timeouts",
+        "Adapter requests across workers (fetch_sockets, rooms, broadcasts with acks...) that ended at their timeout with answers missing (IPC bus; 0 with --adapter redis)",
+    );
     let conns = gauge_family(
         &mut reg,
         "sio_cluster_worker_connections",
@@ -517,6 +522,9 @@ pub(crate) fn render(shared: &Shared) -> String {
         }
         let wl = vec![("worker", w.clone())];
         events_in.get_or_create(&wl).inc_by(r.events_in);
+        adapter_timeouts
+            .get_or_create(&wl)
+            .inc_by(r.adapter_timeouts);
         events_out.get_or_create(&wl).inc_by(r.events_out);
         bytes_in.get_or_create(&wl).inc_by(r.bytes_in);
         bytes_out.get_or_create(&wl).inc_by(r.bytes_out);

@@ -684,6 +684,7 @@ fn spawn_reporters(
                     open_fds,
                     rss_bytes: resident_bytes(),
                     bus_up: bus.is_up(),
+                    adapter_timeouts: bus.request_timeouts().unwrap_or(0),
                 }),
                 None,
             );
