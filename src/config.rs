@@ -69,6 +69,35 @@ pub struct StatusArgs {
     pub timeout_ms: u64,
 }
 
+/// `--listen`: `IP:PORT`, or `HOST:PORT` resolved once at start (an IPv4 address first, so
+/// `localhost:3000` is `127.0.0.1:3000`).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let explain = "use IP:PORT, e.g. 127.0.0.1:3000 (this host only), 0.0.0.0:3000 (every \
+                   interface) or [::]:3000";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("`{s}` has no port: {explain}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "`{port}` is not a port number (0-65535): {explain}"
+        ));
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port.parse::<u16>().unwrap_or(0))
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}` ({e}): {explain}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address: {explain}"))
+}
+
 /// Number of worker processes: a count, or `auto` for one per available core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
@@ -128,7 +157,7 @@ primary and its workers); --log-level or RUST_LOG filters them (default: info).\
 pub struct Config {
     /// Public address to listen on (`IP:PORT`; port 0 picks a free port). Ignored when the
     /// listening socket comes from systemd socket activation (LISTEN_FDS).
-    #[arg(long, env = "SIO_LISTEN", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "SIO_LISTEN", default_value = "127.0.0.1:3000", value_parser = parse_listen, value_name = "IP:PORT")]
     pub listen: SocketAddr,
 
     /// Worker processes: a number, or `auto` for one per available core.
@@ -336,6 +365,13 @@ impl Config {
                     .into(),
             ));
         }
+        if self.adapter != AdapterKind::Redis && self.redis_url.is_some() {
+            return Err(ConfigError::Invalid(
+                "--redis-url (or SIO_REDIS_URL) is set but the adapter is ipc: add --adapter redis \
+                 to use Redis, or drop --redis-url"
+                    .into(),
+            ));
+        }
         if self.max_head_bytes < 256 {
             return Err(ConfigError::Invalid(
                 "--max-head-bytes must be at least 256".into(),
@@ -526,6 +562,19 @@ mod tests {
         assert!(e.contains("--redis-url"), "{e}");
         let c = parse(&["--sticky-cookie", "a b"]).unwrap();
         assert!(c.validate().is_err());
+        let c = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("add --adapter redis"), "{e}");
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_or_explains_ip_port() {
+        let c = parse(&["--listen", "localhost:3001"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3001".parse().unwrap());
+        for bad in ["3001", "127.0.0.1", "localhost:http", "127.0.0.1:99999"] {
+            let e = parse(&["--listen", bad]).unwrap_err().to_string();
+            assert!(e.contains("use IP:PORT"), "{bad}: {e}");
+        }
     }
 
     #[test]

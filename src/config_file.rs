@@ -45,6 +45,30 @@ pub enum ConfigFileError {
         /// What is wrong.
         reason: String,
     },
+    /// A `SIO_*` key that is no setting of the cluster (a typo, most likely).
+    #[error("{}:{line}: `{key}` is not a setting of the cluster{}", path.display(), did_you_mean(suggestion.as_deref()))]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The key.
+        key: String,
+        /// The closest known key, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A value in the file is not valid for its setting.
+    #[error("{}:{line}: {key}: {reason}", path.display())]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The key.
+        key: String,
+        /// What is wrong with it (clap's message).
+        reason: String,
+    },
     /// The settings (command line + file + environment) do not form a valid configuration.
     #[error("the settings of {} are invalid: {reason}", path.display())]
     Invalid {
@@ -59,6 +83,40 @@ pub enum ConfigFileError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvFile {
     vars: Vec<(String, String)>,
+    /// The line each variable was last set on (1-based).
+    lines: std::collections::BTreeMap<String, usize>,
+}
+
+fn did_you_mean(s: Option<&str>) -> String {
+    match s {
+        Some(k) => format!(" (did you mean `{k}`?)"),
+        None => " (see --help for the SIO_* variables)".into(),
+    }
+}
+
+/// Edit distance between two keys (insertions, deletions, substitutions, adjacent swaps).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 impl EnvFile {
@@ -80,6 +138,7 @@ impl EnvFile {
     /// quotes. Errors carry the 1-based line number.
     pub fn parse(text: &str) -> Result<Self, (usize, String)> {
         let mut vars: Vec<(String, String)> = Vec::new();
+        let mut lines = std::collections::BTreeMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -106,13 +165,19 @@ impl EnvFile {
             };
             vars.retain(|(k, _)| k != key);
             vars.push((key.to_string(), value.to_string()));
+            lines.insert(key.to_string(), i + 1);
         }
-        Ok(Self { vars })
+        Ok(Self { vars, lines })
     }
 
     /// The variables, to set in every worker's environment.
     pub fn vars(&self) -> &[(String, String)] {
         &self.vars
+    }
+
+    /// The line `key` was set on (1-based), if it is in the file.
+    pub fn line_of(&self, key: &str) -> Option<usize> {
+        self.lines.get(key).copied()
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -149,14 +214,41 @@ pub fn effective_config(
             Some((n, _)) => (n, true),
             None => (s, false),
         };
-        if cmd.get_arguments().any(|a| a.get_long() == Some(name)) {
+        if let Some(a) = cmd.get_arguments().find(|a| a.get_long() == Some(name)) {
             given.push(name.to_string());
             argv.push(arg.clone());
-            if !inline && let Some(v) = it.next() {
+            // Switches (`--proxy-protocol`) take no value: the next argument is another one.
+            if !inline
+                && a.get_action().takes_values()
+                && let Some(v) = it.next()
+            {
                 argv.push(v.clone());
             }
         }
     }
+    // Every SIO_* key of the file must be a setting: a typo would otherwise be ignored.
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .collect();
+    for (key, _) in file.vars() {
+        if key.starts_with("SIO_") && !known.iter().any(|k| k == key) {
+            let suggestion = known
+                .iter()
+                .map(|k| (distance(k, key), k))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, k)| k.clone());
+            return Err(ConfigFileError::UnknownKey {
+                path: path.to_path_buf(),
+                line: file.line_of(key).unwrap_or(0),
+                key: key.clone(),
+                suggestion,
+            });
+        }
+    }
+    // Which flag each file value became, to name the key and line of a bad value.
+    let mut from_file: Vec<(String, String)> = Vec::new();
     // The file's values for the flags not given on the command line.
     for a in cmd.get_arguments() {
         let (Some(long), Some(env)) = (a.get_long(), a.get_env()) else {
@@ -165,18 +257,69 @@ pub fn effective_config(
         if given.iter().any(|g| g == long) {
             continue;
         }
-        if let Some(v) = env.to_str().and_then(|e| file.get(e)) {
-            let mut flag = OsString::from(format!("--{long}="));
-            flag.push(OsStr::new(v));
-            argv.push(flag);
+        let Some(key) = env.to_str() else { continue };
+        if let Some(v) = file.get(key) {
+            from_file.push((long.to_owned(), key.to_owned()));
+            if a.get_action().takes_values() {
+                let mut flag = OsString::from(format!("--{long}="));
+                flag.push(OsStr::new(v));
+                argv.push(flag);
+            } else {
+                // A switch: on for a true value (as clap reads it from the environment).
+                match boolish(v) {
+                    Some(true) => argv.push(OsString::from(format!("--{long}"))),
+                    Some(false) => {}
+                    None => {
+                        return Err(ConfigFileError::Value {
+                            path: path.to_path_buf(),
+                            line: file.line_of(key).unwrap_or(0),
+                            key: key.to_owned(),
+                            reason: format!(
+                                "`{v}` is not a yes/no value: use true or false (also 1/0, yes/no, on/off)"
+                            ),
+                        });
+                    }
+                }
+            }
         }
     }
-    let matches = cmd
-        .try_get_matches_from(argv)
-        .map_err(|e| invalid(e.render().to_string().trim().to_string()))?;
+    let matches = cmd.try_get_matches_from(argv).map_err(|e| {
+        // A value from the file: name its key and line.
+        let arg = match e.get(clap::error::ContextKind::InvalidArg) {
+            Some(clap::error::ContextValue::String(a)) => a.clone(),
+            _ => String::new(),
+        };
+        let culprit = from_file.iter().find(|(long, _)| {
+            arg.split([' ', '=', '<']).next() == Some(format!("--{long}").as_str())
+        });
+        match culprit {
+            Some((_, key)) => ConfigFileError::Value {
+                path: path.to_path_buf(),
+                line: file.line_of(key).unwrap_or(0),
+                key: key.clone(),
+                reason: first_line(&e.to_string()),
+            },
+            None => invalid(e.render().to_string().trim().to_string()),
+        }
+    })?;
     let config = Config::from_arg_matches(&matches).map_err(|e| invalid(e.to_string()))?;
     config.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(config)
+}
+
+/// A switch's value as clap reads it from the environment (`BoolishValueParser`).
+fn boolish(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "y" | "yes" | "t" | "true" | "on" | "1" => Some(true),
+        "n" | "no" | "f" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The first line of a clap message, without its `error: ` prefix.
+fn first_line(msg: &str) -> String {
+    let line = msg.lines().next().unwrap_or(msg).trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 /// What a reload does with the settings that changed in the config file.
@@ -302,16 +445,56 @@ mod tests {
 
     #[test]
     fn bad_values_in_the_file_are_reported_with_the_file() {
-        let file = EnvFile::parse("SIO_WORKERS=zero").unwrap();
+        let file = EnvFile::parse("# settings\nSIO_BALANCE=random\nSIO_WORKERS=zero").unwrap();
         let e = effective_config(&[], &file, Path::new("/etc/app.env"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/etc/app.env") && e.contains("auto"), "{e}");
+        // The key and line, not the flag it became.
+        assert!(e.starts_with("/etc/app.env:3: SIO_WORKERS: "), "{e}");
+        assert!(e.contains("auto"), "{e}");
+        let file = EnvFile::parse("SIO_PROXY_PROTOCOL=maybe").unwrap();
+        let e = effective_config(&[], &file, Path::new("f"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f:1: SIO_PROXY_PROTOCOL: "), "{e}");
         let file = EnvFile::parse("SIO_ADAPTER=redis").unwrap();
         let e = effective_config(&[], &file, Path::new("f"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("--redis-url"), "{e}");
+    }
+
+    #[test]
+    fn unknown_sio_keys_are_errors_with_a_suggestion() {
+        let file = EnvFile::parse("APP_NAME=x\n\nSIO_WORKRES=1").unwrap();
+        let e = effective_config(&[], &file, Path::new("f"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "f:3: `SIO_WORKRES` is not a setting of the cluster (did you mean `SIO_WORKERS`?)"
+        );
+        let file = EnvFile::parse("SIO_COMPLETELY_DIFFERENT=1").unwrap();
+        let e = effective_config(&[], &file, Path::new("f"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("see --help"), "{e}");
+        // The app's own variables are its business.
+        let file = EnvFile::parse("APP_WORKRES=1").unwrap();
+        effective_config(&[], &file, Path::new("f")).unwrap();
+    }
+
+    #[test]
+    fn switches_from_the_file_and_the_command_line() {
+        let file = EnvFile::parse("SIO_PROXY_PROTOCOL=true\nSIO_ADMIN_LISTEN_PUBLIC=0").unwrap();
+        let c = effective_config(&[], &file, Path::new("f")).unwrap();
+        assert!(c.proxy_protocol && !c.admin_listen_public);
+        // A switch on the command line does not swallow the next flag.
+        let file = EnvFile::default();
+        let args = os(&["--proxy-protocol", "--workers", "3"]);
+        let c = effective_config(&args, &file, Path::new("f")).unwrap();
+        assert!(c.proxy_protocol);
+        assert_eq!(c.workers.resolve(), 3);
     }
 
     #[test]

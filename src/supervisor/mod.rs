@@ -55,9 +55,7 @@ use spawn::Spawner;
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     /// The listening socket could not be set up.
-    #[error(
-        "cannot listen on {0}: {1} failed: {2} (is another process using the port? try another --listen)"
-    )]
+    #[error("cannot listen on {0}: {1} failed: {2} ({hint})", hint = listen_hint(.2))]
     Listen(String, &'static str, std::io::Error),
     /// Socket activation was malformed.
     #[error("systemd socket activation: {0}")]
@@ -88,6 +86,24 @@ pub enum SupervisorError {
     /// `--tls-cert` / `--tls-key` cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::door::tls::TlsError),
+}
+
+/// What to do about a listening socket that cannot be set up.
+fn listen_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges: use a port of 1024 or more, the socket unit in \
+             systemd/ (systemd binds the port and passes it), or give the binary \
+             CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep' BINARY)"
+        }
+        std::io::ErrorKind::AddrInUse => {
+            "another process is using the port: stop it, or choose another --listen"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address: use one of its addresses, or 0.0.0.0 for all"
+        }
+        _ => "check --listen",
+    }
 }
 
 /// Lifecycle events, handled by the supervision loop.
@@ -137,6 +153,21 @@ pub(crate) struct Shared {
     pub tls: bool,
     /// Counters for `/metrics`, and the draining flag of `/readyz`.
     pub metrics: metrics::Metrics,
+}
+
+/// Socket.IO sockets connected over all workers (every transport), from their last reports.
+fn roster_reports(shared: &Shared) -> u64 {
+    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+    roster
+        .iter()
+        .filter_map(|h| {
+            h.report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|r| r.namespaces.iter().map(|n| n.connected).sum::<u64>())
+        })
+        .sum()
 }
 
 /// Where a connection (or a new session on a kept-alive connection) goes.
@@ -229,8 +260,9 @@ impl Shared {
         let starting = roster.count(Phase::Starting);
         drop(roster);
         let bus = self.hub.stats();
+        let sockets: u64 = roster_reports(self);
         format!(
-            "workers: {ready}/{} ready, {starting} starting, {draining} draining; sessions routed: {}; connections: {} ({} routed on accept); bus: {} relayed, {} dropped",
+            "workers: {ready}/{} ready, {starting} starting, {draining} draining; Socket.IO sockets: {sockets}; polling sessions routed: {}; connections: {} ({} routed on accept); bus: {} relayed, {} dropped",
             self.config.workers.resolve(),
             self.sids.lock().unwrap().len(),
             self.stats.handed.load(std::sync::atomic::Ordering::Relaxed),
