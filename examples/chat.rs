@@ -1,26 +1,31 @@
-//! A chat room served by a whole `sio-cluster`: the example to run first.
+//! A chat served by a whole `sio-cluster`: the example to run first.
 //!
 //! ```text
 //! cargo run --release --example chat
-//! # then open http://127.0.0.1:3000 in a few browser tabs
-//! cargo run --release --example chat -- --listen 0.0.0.0:8080 --workers 4
+//! # then open http://127.0.0.1:3000 in a few browser tabs (or ?transport=polling)
+//! cargo run --release --example chat -- --listen 0.0.0.0:8080 --workers 4 --path /rt
 //! ```
 //!
 //! The primary listens (default `127.0.0.1:3000`, one worker per core) and hands each browser to
-//! a worker. The page at `/` (`examples/chat/index.html`, inline CSS and JS, nothing loaded from
-//! the internet) speaks Socket.IO over a WebSocket with a tiny built-in client. Pick a name, chat:
-//! messages reach everyone whichever worker holds them (broadcasts go through the cluster
-//! adapter), the side panel lists who is online across the cluster, and every message shows the
-//! worker that relayed it. Flags are the cluster's common ones (`--help`).
+//! a worker. The page at `/` (`examples/chat/index.html`) uses the official Socket.IO browser
+//! client (socket.io-client 4.8.1, vendored in `examples/chat/` and served from the binary at
+//! `/assets/socket.io.min.js`: nothing comes from the internet), with its default transports
+//! (polling, then the upgrade to websocket; `?transport=polling` keeps polling), on the
+//! server's `--path`. Pick a name and a room (`lobby` by default): messages reach everyone in the
+//! room whichever worker holds them (broadcasts go through the cluster adapter), the side panel
+//! lists who is in the room across the cluster, the header says which worker serves you (index
+//! and pid) and whether you are connected; the client reconnects by itself (to another worker if
+//! its worker died) and joins its room again. Flags are the cluster's common ones (`--help`).
 //!
-//! Events: server → client `welcome {worker, workers, pid, sid}`, `presence {online, users}`,
-//! `chat {name, text, worker, ts}`, `system text`; client → server `hello name` (ack
-//! `{ok, name}` or `{error}`), `chat text`.
+//! Events: server → client `welcome {worker, workers, pid, sid}`, `presence {room, users}`,
+//! `chat {name, text, worker, ts}`, `system text`; client → server `join {name, room}` (ack
+//! `{ok, name, room}` or `{error}`), `chat text`.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::header;
 use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
@@ -34,10 +39,15 @@ use socketioxide::{BroadcastError, SocketIo};
 type A = ClusterAdapter;
 
 const INDEX_HTML: &str = include_str!("chat/index.html");
+const SOCKET_IO_JS: &str = include_str!("chat/socket.io.min.js");
+const FAVICON_SVG: &str = include_str!("chat/favicon.svg");
 const MAX_NAME_CHARS: usize = 24;
+const MAX_ROOM_CHARS: usize = 32;
 const MAX_TEXT_CHARS: usize = 2000;
-/// Each named socket sits in the room `user:<sid>:<name>`: the rooms of the whole cluster are the
-/// list of who is online.
+/// Messages of room R go to the Socket.IO room `room:R`.
+const ROOM_PREFIX: &str = "room:";
+/// Each member of room R also sits in `user:R:<sid>:<name>`: the rooms of the whole cluster are
+/// the list of who is in R. (Room names hold no `:`.)
 const USER_ROOM_PREFIX: &str = "user:";
 
 struct Ctx {
@@ -52,20 +62,43 @@ fn ctx() -> &'static Ctx {
         .expect("worker context is set before namespaces are registered")
 }
 
-/// The name a socket chose (socket extensions).
+/// The name and room a socket joined with (socket extensions).
 #[derive(Clone)]
-struct Name(String);
+struct Member {
+    name: String,
+    room: String,
+}
 
 fn main() -> anyhow::Result<()> {
     let config = <Config as clap::Parser>::parse();
-    sio_cluster::run(config, |w: Worker| async move {
+    // The page connects on the server's Engine.IO path (`--path`).
+    let page: &'static str = Box::leak(
+        INDEX_HTML
+            .replace("__SIO_PATH__", config.path.trim_end_matches('/'))
+            .into_boxed_str(),
+    );
+    sio_cluster::run(config, move |w: Worker| async move {
         let Worker { io, info, .. } = w;
         let _ = CTX.set(Ctx {
             io: io.clone(),
             info,
         });
         io.ns("/", on_connect.with(register_handlers)).await?;
-        Ok(axum::Router::new().route("/", get(async || Html(INDEX_HTML))))
+        Ok(axum::Router::new()
+            .route("/", get(move || async move { Html(page) }))
+            .route(
+                "/assets/socket.io.min.js",
+                get(async || {
+                    (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        SOCKET_IO_JS,
+                    )
+                }),
+            )
+            .route(
+                "/favicon.svg",
+                get(async || ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON_SVG)),
+            ))
     })?;
     Ok(())
 }
@@ -73,13 +106,14 @@ fn main() -> anyhow::Result<()> {
 /// Connect middleware: handlers are registered before the client learns it is connected, so
 /// its first `hello` is never missed.
 async fn register_handlers(s: SocketRef<A>) -> Result<(), Infallible> {
-    s.on("hello", on_hello);
+    s.on("join", on_join);
     s.on("chat", on_chat);
     s.on_disconnect(on_disconnect);
     Ok(())
 }
 
 async fn on_connect(s: SocketRef<A>) {
+    // Presence is per room: sent once the client joins one.
     let info = &ctx().info;
     let welcome = json!({
         "worker": info.index,
@@ -90,11 +124,19 @@ async fn on_connect(s: SocketRef<A>) {
     if let Err(e) = s.emit("welcome", &welcome) {
         tracing::debug!(sid = %s.id, "welcome not sent: {e}");
     }
-    broadcast_presence(None).await;
 }
 
-async fn on_hello(s: SocketRef<A>, Data(name): Data<String>, ack: AckSender<A>) {
-    let name: String = name
+/// What the client asks to join.
+#[derive(serde::Deserialize)]
+struct Join {
+    name: String,
+    #[serde(default)]
+    room: String,
+}
+
+async fn on_join(s: SocketRef<A>, Data(join): Data<Join>, ack: AckSender<A>) {
+    let name: String = join
+        .name
         .chars()
         .filter(|c| !c.is_control())
         .collect::<String>()
@@ -102,29 +144,55 @@ async fn on_hello(s: SocketRef<A>, Data(name): Data<String>, ack: AckSender<A>) 
         .chars()
         .take(MAX_NAME_CHARS)
         .collect();
+    let room: String = join
+        .room
+        .trim()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+        .take(MAX_ROOM_CHARS)
+        .collect();
+    let room = if room.is_empty() {
+        "lobby".to_owned()
+    } else {
+        room
+    };
     if name.is_empty() {
         let _ = ack.send(&json!({ "error": "pick a name" }));
         return;
     }
-    let previous = s.extensions.insert(Name(name.clone()));
-    if let Some(Name(old)) = &previous {
-        s.leave(user_room(s.id, old));
-    }
-    s.join(user_room(s.id, &name));
-    let _ = ack.send(&json!({ "ok": true, "name": name }));
-    let note = match previous {
-        Some(Name(old)) if old == name => None,
-        Some(Name(old)) => Some(format!("{old} is now {name}")),
-        None => Some(format!("{name} joined")),
+    let member = Member {
+        name: name.clone(),
+        room: room.clone(),
     };
-    if let Some(note) = note {
-        system(&note, None).await;
+    let previous = s.extensions.insert(member);
+    if let Some(old) = &previous {
+        s.leave(vec![
+            format!("{ROOM_PREFIX}{}", old.room),
+            user_room(&old.room, s.id, &old.name),
+        ]);
     }
-    broadcast_presence(None).await;
+    s.join(vec![
+        format!("{ROOM_PREFIX}{room}"),
+        user_room(&room, s.id, &name),
+    ]);
+    let _ = ack.send(&json!({ "ok": true, "name": name, "room": room }));
+    if let Some(old) = &previous
+        && old.room != room
+    {
+        system(&old.room, &format!("{} left", old.name), None).await;
+        broadcast_presence(&old.room, None).await;
+    }
+    let same = previous
+        .as_ref()
+        .is_some_and(|old| old.room == room && old.name == name);
+    if !same {
+        system(&room, &format!("{name} joined"), None).await;
+    }
+    broadcast_presence(&room, None).await;
 }
 
 async fn on_chat(s: SocketRef<A>, Data(text): Data<String>) {
-    let Some(Name(name)) = s.extensions.get::<Name>() else {
+    let Some(Member { name, room }) = s.extensions.get::<Member>() else {
         return;
     };
     let text: String = text.trim().chars().take(MAX_TEXT_CHARS).collect();
@@ -135,26 +203,32 @@ async fn on_chat(s: SocketRef<A>, Data(text): Data<String>) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let msg = json!({ "name": name, "text": text, "worker": ctx().info.index, "ts": ts });
-    // To every socket of every worker, the sender included.
-    if let Err(e) = ctx().io.emit("chat", &msg).await {
+    // To every socket of the room on every worker, the sender included.
+    if let Err(e) = ctx()
+        .io
+        .to(format!("{ROOM_PREFIX}{room}"))
+        .emit("chat", &msg)
+        .await
+    {
         log_broadcast_error("chat", e);
     }
 }
 
 async fn on_disconnect(s: SocketRef<A>) {
-    // The socket is still in the namespace while this runs: leave it out of the count and of
-    // the recipients.
-    if let Some(Name(name)) = s.extensions.get::<Name>() {
-        system(&format!("{name} left"), Some(&s)).await;
+    // The socket is still in its rooms while this runs: leave it out of the list and of the
+    // recipients.
+    if let Some(Member { name, room }) = s.extensions.get::<Member>() {
+        system(&room, &format!("{name} left"), Some(&s)).await;
+        broadcast_presence(&room, Some(&s)).await;
     }
-    broadcast_presence(Some(&s)).await;
 }
 
-/// Every socket of the cluster, or every one but `leaving`.
-fn recipients(leaving: Option<&SocketRef<A>>) -> BroadcastOperators<A> {
+/// Every socket of room `room` on every worker, or every one but `leaving`.
+fn recipients(room: &str, leaving: Option<&SocketRef<A>>) -> BroadcastOperators<A> {
+    let to = format!("{ROOM_PREFIX}{room}");
     match leaving {
-        Some(s) => s.broadcast(),
-        None => ctx().io.broadcast(),
+        Some(s) => s.broadcast().to(to),
+        None => ctx().io.to(to),
     }
 }
 
@@ -166,41 +240,36 @@ fn log_broadcast_error(what: &str, e: BroadcastError) {
     }
 }
 
-fn user_room(sid: Sid, name: &str) -> String {
-    format!("{USER_ROOM_PREFIX}{sid}:{name}")
+fn user_room(room: &str, sid: Sid, name: &str) -> String {
+    format!("{USER_ROOM_PREFIX}{room}:{sid}:{name}")
 }
 
-/// Everyone (but `leaving`) gets a `system` line.
-async fn system(text: &str, leaving: Option<&SocketRef<A>>) {
-    if let Err(e) = recipients(leaving).emit("system", text).await {
+/// Everyone in `room` (but `leaving`) gets a `system` line.
+async fn system(room: &str, text: &str, leaving: Option<&SocketRef<A>>) {
+    if let Err(e) = recipients(room, leaving).emit("system", text).await {
         log_broadcast_error("system", e);
     }
 }
 
-/// Tells everyone who is online across the cluster: the connection count (every socket of every
-/// worker, `fetch_sockets`) and the names (every `user:` room), leaving out a disconnecting socket.
-async fn broadcast_presence(leaving: Option<&SocketRef<A>>) {
-    let io = &ctx().io;
-    let recipients = recipients(leaving);
-    let leaving = leaving.map(|s| s.id);
-    let (sockets, rooms) = tokio::join!(io.fetch_sockets(), io.rooms());
-    let (sockets, rooms) = match (sockets, rooms) {
-        (Ok(sockets), Ok(rooms)) => (sockets, rooms),
-        (Err(e), _) | (_, Err(e)) => return tracing::warn!("presence: {e}"),
+/// Tells everyone in `room` who is in it across the cluster (every `user:ROOM:` room of every
+/// worker), leaving out a disconnecting socket.
+async fn broadcast_presence(room: &str, leaving: Option<&SocketRef<A>>) {
+    let recipients = recipients(room, leaving);
+    let leaving = leaving.map(|s| s.id.to_string());
+    let rooms = match ctx().io.rooms().await {
+        Ok(rooms) => rooms,
+        Err(e) => return tracing::warn!("presence: {e}"),
     };
-    let online = sockets
-        .iter()
-        .filter(|r| Some(r.data().id) != leaving)
-        .count();
+    let prefix = format!("{USER_ROOM_PREFIX}{room}:");
     let mut users: Vec<String> = rooms
         .iter()
-        .filter_map(|room| room.strip_prefix(USER_ROOM_PREFIX)?.split_once(':'))
-        .filter(|(sid, _)| leaving.is_none_or(|l| l.as_str() != *sid))
+        .filter_map(|r| r.strip_prefix(prefix.as_str())?.split_once(':'))
+        .filter(|(sid, _)| leaving.as_deref() != Some(*sid))
         .map(|(_, name)| name.to_string())
         .collect();
     users.sort_by_key(|n| n.to_lowercase());
     users.dedup();
-    let presence = json!({ "online": online, "users": users });
+    let presence = json!({ "room": room, "users": users });
     if let Err(e) = recipients.emit("presence", &presence).await {
         log_broadcast_error("presence", e);
     }
