@@ -155,6 +155,8 @@ fn admin_endpoints_health_metrics_and_the_status_command() {
         "127.0.0.1:0",
         "--heartbeat-interval-ms",
         "200",
+        "--status-interval-ms",
+        "300",
     ])
     .spawn();
     let admin = admin_addr(&c);
@@ -276,6 +278,12 @@ fn admin_endpoints_health_metrics_and_the_status_command() {
         .map(|w| w["sessions"].as_u64().unwrap())
         .sum();
     assert_eq!(sessions, 10, "{st}");
+    // The periodic status line counts websocket sockets too, not only polling sessions.
+    assert!(
+        c.wait_log("Socket.IO sockets: 10;", T),
+        "no status line with 10 sockets:\n{}",
+        c.logs()
+    );
 
     // 4 leave.
     rt.block_on(async {
