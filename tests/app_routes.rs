@@ -54,28 +54,55 @@ fn the_chat_demo_works_across_workers() {
         let t = Duration::from_secs(10);
         let mut users = Vec::new();
         let mut workers = HashSet::new();
-        for name in ["ada", "bob", "cy", "dee"] {
+        // Three users in `lobby` (the default room: none given), one in `other`.
+        for (name, room) in [
+            ("ada", ""),
+            ("bob", "lobby"),
+            ("cy", "lobby"),
+            ("dee", "other"),
+        ] {
             let mut cl = Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
                 .await
                 .unwrap();
             let welcome = cl.next_event_named("welcome", t).await.unwrap();
             workers.insert(welcome.args[0]["worker"].clone());
+            assert!(welcome.args[0]["pid"].as_u64().is_some(), "{welcome:?}");
             let ack = cl
-                .emit_with_ack("/", "hello", vec![json!(name)], t)
+                .emit_with_ack("/", "join", vec![json!({"name": name, "room": room})], t)
                 .await
                 .unwrap();
             assert_eq!(ack[0]["ok"], true, "{ack:?}");
+            let expected_room = if room.is_empty() { "lobby" } else { room };
+            assert_eq!(ack[0]["room"], expected_room, "{ack:?}");
             users.push(cl);
         }
         assert_eq!(workers.len(), 2, "users on both workers: {workers:?}");
+        // Presence is the room's, over the whole cluster: the last list cy got names all three.
+        let everyone = json!(["ada", "bob", "cy"]);
+        let mut last = None;
+        while last.as_ref() != Some(&everyone) {
+            let p = users[2].next_event_named("presence", t).await.unwrap();
+            assert_eq!(p.args[0]["room"], "lobby");
+            last = Some(p.args[0]["users"].clone());
+        }
         users[0]
             .emit("/", "chat", vec![json!("hi all")])
             .await
             .unwrap();
-        for u in users.iter_mut() {
+        for u in users.iter_mut().take(3) {
             let msg = u.next_event_named("chat", t).await.unwrap();
             assert_eq!(msg.args[0]["text"], "hi all");
             assert_eq!(msg.args[0]["name"], "ada");
         }
+        // dee, in another room, gets nothing of it; her own message reaches her room only.
+        users[3]
+            .emit("/", "chat", vec![json!("anyone?")])
+            .await
+            .unwrap();
+        let msg = users[3].next_event_named("chat", t).await.unwrap();
+        assert_eq!(
+            msg.args[0]["text"], "anyone?",
+            "dee must not see lobby's chat"
+        );
     });
 }
