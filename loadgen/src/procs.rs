@@ -35,6 +35,9 @@ pub struct ProcSample {
     pub cpu_ticks: u64,
     /// Resident set size, bytes (statm).
     pub rss: u64,
+    /// Time its threads spent runnable but waiting for a CPU (run queue delay), summed over
+    /// its threads, ns (`/proc/PID/task/*/schedstat`, second field; 0 without schedstats).
+    pub wait_ns: u64,
 }
 
 /// Every process of a [`Target`] at one instant.
@@ -43,6 +46,8 @@ pub struct Snapshot {
     pub procs: Vec<ProcSample>,
     /// The load generator itself, utime + stime ticks.
     pub self_ticks: u64,
+    /// The load generator's run queue delay, ns (see [`ProcSample::wait_ns`]).
+    pub self_wait_ns: u64,
     /// Busy ticks of the whole machine, all CPUs (/proc/stat).
     pub machine_ticks: u64,
     /// The Redis server's utime + stime ticks (None: not asked for, or gone).
@@ -82,6 +87,18 @@ pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
 
 fn read_stat(pid: u32) -> Option<(u32, u64)> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Run queue delay of every thread of `pid`, summed, ns: how long they were ready to run while
+/// another task held the CPU. A tail latency that comes from sharing cores shows here.
+pub fn run_delay_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 fn page_size() -> u64 {
@@ -179,6 +196,7 @@ impl Target {
                     primary,
                     cpu_ticks,
                     rss: rss_bytes(pid).unwrap_or(0),
+                    wait_ns: run_delay_ns(pid),
                 })
             })
             .collect();
@@ -186,6 +204,7 @@ impl Target {
         Snapshot {
             procs,
             self_ticks,
+            self_wait_ns: run_delay_ns(std::process::id()),
             machine_ticks: machine_busy_ticks(),
             redis_ticks: self.redis.and_then(|p| read_stat(p).map(|s| s.1)),
         }
@@ -218,6 +237,11 @@ pub struct CpuUse {
     /// softirq work not charged to a process): a non-trivial value means the run was disturbed.
     pub other_s: f64,
     pub server_procs: usize,
+    /// Run queue delay (ready to run, waiting for a CPU), seconds summed over threads: the
+    /// primary (or the only server process), the other server processes, the load generator.
+    pub primary_wait_s: f64,
+    pub workers_wait_s: f64,
+    pub loadgen_wait_s: f64,
     /// The Redis server (`--redis-pid`), not included in the server figures nor in `other_s`;
     /// absent when not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,20 +255,22 @@ impl Snapshot {
         let tps = ticks_per_sec();
         let mut primary = 0u64;
         let mut workers = 0u64;
+        let (mut primary_wait, mut workers_wait) = (0u64, 0u64);
         for p in &self.procs {
-            let b = before
-                .procs
-                .iter()
-                .find(|q| q.pid == p.pid)
-                .map(|q| q.cpu_ticks)
-                .unwrap_or(0);
-            let d = p.cpu_ticks.saturating_sub(b);
+            let b = before.procs.iter().find(|q| q.pid == p.pid);
+            let d = p
+                .cpu_ticks
+                .saturating_sub(b.map(|q| q.cpu_ticks).unwrap_or(0));
+            let w = p.wait_ns.saturating_sub(b.map(|q| q.wait_ns).unwrap_or(0));
             if p.primary {
                 primary += d;
+                primary_wait += w;
             } else {
                 workers += d;
+                workers_wait += w;
             }
         }
+        let ns = |n: u64| crate::stats::round3(n as f64 / 1e9);
         let r = |t: u64| crate::stats::round3(t as f64 / tps);
         let total = primary + workers;
         let redis = match (self.redis_ticks, before.redis_ticks) {
@@ -269,6 +295,9 @@ impl Snapshot {
                     total + self.self_ticks.saturating_sub(before.self_ticks) + redis.unwrap_or(0),
                 )),
             server_procs: self.procs.len(),
+            primary_wait_s: ns(primary_wait),
+            workers_wait_s: ns(workers_wait),
+            loadgen_wait_s: ns(self.self_wait_ns.saturating_sub(before.self_wait_ns)),
             redis_s: redis.map(r),
         }
     }
@@ -329,6 +358,7 @@ mod tests {
         assert!(cpu.primary_s >= 0.0 && cpu.workers_s == 0.0);
         assert_eq!(cpu.server_procs, 1);
         assert_eq!(cpu.redis_s, None);
+        assert!(cpu.primary_wait_s >= 0.0 && cpu.workers_wait_s == 0.0);
         assert!(!serde_json::to_string(&cpu).unwrap().contains("redis"));
     }
 
