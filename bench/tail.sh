@@ -3,7 +3,8 @@
 # for every variant, one sender emitting `to_all` (a ~100-byte payload) to 1,000 and to 10,000
 # websocket clients at several rates, then RSS per idle connection at 10,000 connections.
 # Rounds are interleaved (round 1 of every variant, then round 2 ...), each round on a fresh
-# server, so that all variants see the same machine state over time. Prints a Markdown table
+# server, so that all variants see the same machine state over time; memory is measured last, each
+# variant on a fresh server. Prints a Markdown table
 # (p50 / p99 / max / loss per rate, median over rounds, and the ratio to `single`), the run
 # queue delay of the servers' and the load generator's threads per step (time ready to run but
 # waiting for a CPU), and keeps every raw JSON under the result directory.
@@ -98,16 +99,22 @@ for r in $(seq 1 "$ROUNDS"); do
     mkdir -p "$dir"
     start_server "$dir" "${SERVER_CMD[$v]}" "$v-r$r"
     url=(--url "http://127.0.0.1:$SERVER_PORT" --pid-tree "$SERVER_PID")
-    common=(--senders 1 --padding 64 --step-secs "$STEP" --drain-secs 3 --no-stop)
+    common=(--senders 1 --padding 64 --step-secs "$STEP" --drain-secs 3 --no-stop --by-worker)
     run_lg "$dir" "fanout-$SMALL-r$r" fanout "${url[@]}" --receivers $((SMALL - 1)) \
       --rates "$SMALL_RATES" "${common[@]}"
     run_lg "$dir" "fanout-$BIG-r$r" fanout "${url[@]}" --receivers $((BIG - 1)) \
       --rates "$BIG_RATES" --connect-concurrency 200 "${common[@]}"
-    if [[ $r = 1 ]]; then
-      run_lg "$dir" "hold-$HOLD" hold "${url[@]}" --clients "$HOLD" --concurrency 200
-    fi
     stop_server
   done
+done
+# Memory on a fresh server: after a fan-out the allocator keeps what 10,000 connections used,
+# and a hold measured on that server would read a few KiB per connection.
+for v in "${VLIST[@]}"; do
+  dir="$OUT/$v"
+  start_server "$dir" "${SERVER_CMD[$v]}" "$v-hold"
+  run_lg "$dir" "hold-$HOLD" hold --url "http://127.0.0.1:$SERVER_PORT" --pid-tree "$SERVER_PID" \
+    --clients "$HOLD" --concurrency 200
+  stop_server
 done
 
 python3 "$ROOT/bench/lib/tail_table.py" "$OUT" "${VLIST[@]}" | tee "$OUT/table.md"

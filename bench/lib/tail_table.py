@@ -147,6 +147,33 @@ def main():
             print(f"| {n:,} × {rate:,} | " + " | ".join(cells) + " |")
     print()
 
+    # Per worker: the sender's own worker against the workers its broadcasts reach over the bus.
+    split = []
+    for v in variants:
+        for n in scenarios:
+            for run in rounds_of(out, v, n):
+                sw = set(run.get("sender_workers") or [])
+                for s in run.get("steps", []):
+                    by = s.get("by_worker") or {}
+                    if len(by) < 2 or not sw:
+                        continue
+                    own = [x["p99_ms"] for w, x in by.items() if w in sw]
+                    other = [x["p99_ms"] for w, x in by.items() if w not in sw]
+                    if own and other:
+                        split.append((v, n, s["rate"], max(own), max(other)))
+    if split:
+        print("p99 on the sender's own worker against the other workers (reached over the bus),")
+        print("median over rounds:")
+        print()
+        print("| variant | clients × msg/s | p99 sender's worker ms | p99 other workers ms |")
+        print("|---|---|---|---|")
+        keys = sorted({(v, n, r) for (v, n, r, _, _) in split}, key=lambda k: (variants.index(k[0]), k[1], k[2]))
+        for k in keys:
+            own = med([o for (v, n, r, o, _) in split if (v, n, r) == k])
+            other = med([x for (v, n, r, _, x) in split if (v, n, r) == k])
+            print(f"| {k[0]} | {k[1]:,} × {k[2]:,} | {fmt(own)} | {fmt(other)} |")
+        print()
+
     print("| RSS per idle connection | " + " | ".join(variants) + " |")
     print("|" + "---|" * (1 + len(variants)))
     cells = []

@@ -9,6 +9,7 @@
 //! deliveries arrived or the drain deadline passed; deliveries of that step arriving later are
 //! reported as `late` (they count as lost in the step's loss).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +74,11 @@ pub struct FanoutArgs {
     /// of the lean client, to compare their costs.
     #[arg(long)]
     pub sio_client_receivers: bool,
+    /// Ask every connection `whoami` after connecting and report latency per worker too
+    /// (`by_worker` in each step; the sender's worker is `sender_workers`): tells the sender's
+    /// own worker's deliveries from those relayed to the others.
+    #[arg(long)]
+    pub by_worker: bool,
     #[command(flatten)]
     pub steps: StepArgs,
 }
@@ -413,6 +419,9 @@ pub struct StepResult {
     pub loss_pct: f64,
     pub deliveries_per_s: f64,
     pub latency: Summary,
+    /// Latency per worker index (`--by-worker`), else empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_worker: BTreeMap<String, Summary>,
     pub drain_s: f64,
     /// Zero loss, p99 under the threshold, and the full rate was sent.
     pub pass: bool,
@@ -420,7 +429,9 @@ pub struct StepResult {
 }
 
 struct Setup {
+    /// (setup index, worker index from `whoami` when asked, connection).
     conns: Vec<(usize, Conn)>,
+    workers: BTreeMap<usize, String>,
     failures: Failures,
     secs: f64,
 }
@@ -431,6 +442,7 @@ async fn setup(
     concurrency: usize,
     room_of: Option<Arc<dyn Fn(usize) -> String + Send + Sync>>,
     sio_client_below: usize,
+    whoami: bool,
 ) -> anyhow::Result<Setup> {
     let dest = common.dest()?;
     let path: Arc<str> = common.path.clone().into();
@@ -453,9 +465,24 @@ async fn setup(
                         text: e.to_string(),
                     }
                 })?;
-                return Ok(Conn::SioClient(Box::new(c)));
+                return Ok((None, Conn::SioClient(Box::new(c))));
             }
             let (mut ws, _) = ws::connect_ws(&dest, &path).await?;
+            let mut worker = None;
+            if whoami {
+                ws.send_text(b"429[\"whoami\"]")
+                    .await
+                    .map_err(|e| ws::ConnError::io("whoami", &e))?;
+                worker = Some(
+                    ws.read_text_until("whoami", |p| {
+                        let rest = p.strip_prefix(b"439[")?;
+                        let text = String::from_utf8_lossy(rest);
+                        let w = text.split("\"worker\":\"").nth(1)?.split('"').next()?;
+                        Some(Ok(w.to_owned()))
+                    })
+                    .await?,
+                );
+            }
             if let Some(room) = room {
                 ws.send_text(format!("421[\"join\",\"{room}\"]").as_bytes())
                     .await
@@ -463,7 +490,7 @@ async fn setup(
                 ws.read_text_until("join", |p| p.starts_with(b"431").then_some(Ok(())))
                     .await?;
             }
-            Ok(Conn::Lean(ws))
+            Ok((worker, Conn::Lean(ws)))
         }
     })
     .await;
@@ -477,8 +504,19 @@ async fn setup(
         eprintln!("  setup failure x{v}: {k}");
     }
     anyhow::ensure!(!conns.is_empty(), "no connection could be set up");
+    let mut workers = BTreeMap::new();
+    let conns = conns
+        .into_iter()
+        .map(|(i, (w, c))| {
+            if let Some(w) = w {
+                workers.insert(i, w);
+            }
+            (i, c)
+        })
+        .collect();
     Ok(Setup {
         conns,
+        workers,
         failures,
         secs,
     })
@@ -491,6 +529,7 @@ async fn run_steps(
     a: &StepArgs,
     target: &Target,
     conns: Vec<(usize, Conn)>,
+    workers: &BTreeMap<usize, String>,
     mut role_of: impl FnMut(usize) -> Option<Sender>,
 ) -> (Vec<StepResult>, Failures, bool) {
     let n_steps = a.rates.len();
@@ -498,11 +537,13 @@ async fn run_steps(
     let (plan_tx, plan_rx) = watch::channel::<Option<Plan>>(None);
     let padding: Arc<str> = "x".repeat(a.padding).into();
     let mut all_stats = Vec::with_capacity(conns.len());
+    let mut worker_of = Vec::with_capacity(conns.len());
     let mut tasks = tokio::task::JoinSet::new();
     let mut n_senders = 0usize;
     for (i, ws) in conns {
         let stats = Arc::new(Mutex::new(ConnStats::new(n_steps)));
         all_stats.push(stats.clone());
+        worker_of.push(workers.get(&i).cloned());
         let sender = role_of(i).map(|s| {
             n_senders += 1;
             (s, plan_rx.clone())
@@ -519,16 +560,22 @@ async fn run_steps(
     // Let the connect-time traffic settle.
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
-    let take_step = |k: usize| {
+    // The step's histogram over every connection, and per worker when known.
+    let take_step_by_worker = |k: usize| {
         let mut h = LatHist::new();
-        for s in &all_stats {
+        let mut by: BTreeMap<String, LatHist> = BTreeMap::new();
+        for (s, w) in all_stats.iter().zip(&worker_of) {
             let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(x) = g.steps[k].take() {
                 h.merge(&x);
+                if let Some(w) = w {
+                    by.entry(w.clone()).or_default().merge(&x);
+                }
             }
         }
-        h
+        (h, by)
     };
+    let take_step = |k: usize| take_step_by_worker(k).0;
 
     let mut results: Vec<StepResult> = Vec::new();
     let mut stopped_early = false;
@@ -566,7 +613,8 @@ async fn run_steps(
         let cpu = target
             .snapshot()
             .cpu_since(&before, t_before.elapsed().as_secs_f64());
-        let h = take_step(k);
+        let (h, by) = take_step_by_worker(k);
+        let by_worker = by.into_iter().map(|(w, h)| (w, h.summary())).collect();
         let sent = shared.sent[k].load(Ordering::Relaxed);
         let expected = shared.expected[k].load(Ordering::Relaxed);
         let delivered = h.count();
@@ -590,6 +638,7 @@ async fn run_steps(
             loss_pct: round3(loss),
             deliveries_per_s: round3(delivered as f64 / a.step_secs),
             latency: lat,
+            by_worker,
             drain_s: round3(drain_s),
             pass,
             cpu,
@@ -652,23 +701,40 @@ pub async fn run_fanout(a: FanoutArgs) -> anyhow::Result<serde_json::Value> {
     } else {
         0
     };
-    let s = setup(&a.common, n, a.steps.connect_concurrency, None, sio_below).await?;
+    let s = setup(
+        &a.common,
+        n,
+        a.steps.connect_concurrency,
+        None,
+        sio_below,
+        a.by_worker,
+    )
+    .await?;
+    let sender_workers: Vec<&String> = s
+        .workers
+        .iter()
+        .filter(|(i, _)| **i >= a.receivers)
+        .map(|(_, w)| w)
+        .collect();
+    let sender_workers = json!(sender_workers);
     let sockets = s.conns.len() as u64;
     let (receivers, senders) = (a.receivers, a.senders);
     let mut sender_idx = 0usize;
     let n_senders = s.conns.iter().filter(|(i, _)| *i >= receivers).count();
-    let (results, ended, stopped_early) = run_steps("fanout", &a.steps, &target, s.conns, |i| {
-        (i >= receivers).then(|| {
-            sender_idx += 1;
-            Sender {
-                index: sender_idx - 1,
-                of: n_senders,
-                emit: Emit::ToAll,
-                weight: sockets,
-            }
+    let workers = s.workers;
+    let (results, ended, stopped_early) =
+        run_steps("fanout", &a.steps, &target, s.conns, &workers, |i| {
+            (i >= receivers).then(|| {
+                sender_idx += 1;
+                Sender {
+                    index: sender_idx - 1,
+                    of: n_senders,
+                    emit: Emit::ToAll,
+                    weight: sockets,
+                }
+            })
         })
-    })
-    .await;
+        .await;
     let best = best(&results);
     eprintln!(
         "fanout: best sustained rate (no loss, p99 < {} ms): {best}",
@@ -680,6 +746,7 @@ pub async fn run_fanout(a: FanoutArgs) -> anyhow::Result<serde_json::Value> {
         "receivers": receivers,
         "receiver_client": if a.sio_client_receivers { "sio-client" } else { "lean" },
         "senders": senders,
+        "sender_workers": sender_workers,
         "sockets": sockets,
         "padding": a.steps.padding,
         "step_secs": a.steps.step_secs,
@@ -703,6 +770,7 @@ pub async fn run_rooms(a: RoomsArgs) -> anyhow::Result<serde_json::Value> {
         a.steps.connect_concurrency,
         Some(Arc::new(room_name)),
         0,
+        false,
     )
     .await?;
     // Actual membership (some connects may have failed).
@@ -725,17 +793,19 @@ pub async fn run_rooms(a: RoomsArgs) -> anyhow::Result<serde_json::Value> {
     let n_senders = chosen.len();
     let sockets = s.conns.len();
     let mut pos = 0usize;
-    let (results, ended, stopped_early) = run_steps("rooms", &a.steps, &target, s.conns, |i| {
-        let (_, r) = *chosen.iter().find(|(c, _)| *c == i)?;
-        pos += 1;
-        Some(Sender {
-            index: pos - 1,
-            of: n_senders,
-            emit: Emit::ToRoom(format!("r{r}")),
-            weight: members[r].len() as u64,
+    let no_workers = BTreeMap::new();
+    let (results, ended, stopped_early) =
+        run_steps("rooms", &a.steps, &target, s.conns, &no_workers, |i| {
+            let (_, r) = *chosen.iter().find(|(c, _)| *c == i)?;
+            pos += 1;
+            Some(Sender {
+                index: pos - 1,
+                of: n_senders,
+                emit: Emit::ToRoom(format!("r{r}")),
+                weight: members[r].len() as u64,
+            })
         })
-    })
-    .await;
+        .await;
     let best = best(&results);
     eprintln!(
         "rooms: best sustained rate (no loss, p99 < {} ms): {best}",
