@@ -118,4 +118,6 @@ for v in "${VLIST[@]}"; do
 done
 
 python3 "$ROOT/bench/lib/tail_table.py" "$OUT" "${VLIST[@]}" | tee "$OUT/table.md"
+python3 "$ROOT/bench/lib/tail_plot.py" "$OUT" "$OUT/latency.svg" "${VLIST[@]}"
+echo "plot: $OUT/latency.svg" >&2
 echo "results in $OUT" >&2
