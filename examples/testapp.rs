@@ -1,7 +1,7 @@
 //! The test app: one small Socket.IO app, run as a whole cluster by `sio-cluster`, that the
 //! tests, benchmarks and acceptance checks all drive.
 //!
-//! It serves exactly the events of `test-app-protocol.md` (echoes, acks, rooms, broadcasts,
+//! It serves exactly the events of `docs/test-app-protocol.md` (echoes, acks, rooms, broadcasts,
 //! cluster-wide queries and remote-socket operations) on namespaces `/` and `/custom`, and behaves
 //! the same on any number of workers, over the IPC bus or Redis.
 //!
@@ -58,7 +58,7 @@ const DEFAULT_ACK_ALL_MS: u64 = 5000;
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "testapp",
-    about = "The sio-cluster test app: every event of test-app-protocol.md, served by the cluster \
+    about = "The sio-cluster test app: every event of docs/test-app-protocol.md, served by the cluster \
              (default) or by one socketioxide process (--standalone).",
     version
 )]

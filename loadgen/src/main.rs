@@ -1,5 +1,5 @@
 //! `sio-loadgen`: a load generator for Socket.IO servers (Engine.IO v4 / Socket.IO v5) serving
-//! the test app of `shared/test-app-protocol.md`. See `bench/README.md`.
+//! the test app of `docs/test-app-protocol.md`. See `bench/README.md`.
 //!
 //! Every load subcommand prints a human summary on stderr and ONE JSON object (one line) on
 //! stdout (`--json FILE` writes it pretty to a file too). `report` turns a `bench/run.sh` result
