@@ -455,3 +455,33 @@ fn signals_during_start_up_are_handled() {
     );
     drop(silent);
 }
+
+/// The accept loop is watched: when it dies (here a panic injected at its first connection),
+/// the primary does not keep running and feeding systemd's watchdog with nothing accepting; it
+/// drains its workers and exits non-zero with one line that says what happened.
+#[test]
+fn a_dead_accept_loop_ends_the_primary_with_an_error() {
+    let mut c = Start::testapp(&["--workers", "2"])
+        .env("SIO_FAULT_ACCEPT_PANIC", "1")
+        .spawn();
+    let workers = c.worker_pids();
+    assert_eq!(workers.len(), 2);
+    // The first connection trips the injected panic.
+    let _ = std::net::TcpStream::connect(c.addr);
+    let status = c.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
+        panic!(
+            "the primary kept running without its accept loop:\n{}",
+            c.logs()
+        )
+    });
+    assert!(!status.success(), "exit status {status:?}");
+    let logs = c.logs();
+    assert!(
+        logs.contains("the accept loop panicked: fault injected by SIO_FAULT_ACCEPT_PANIC"),
+        "{logs}"
+    );
+    assert!(
+        eventually(T, || workers.iter().all(|p| !process_alive(*p))),
+        "workers outlived the primary"
+    );
+}

@@ -121,6 +121,9 @@ fn proxy_peek_error(e: ProxyError) -> PeekError {
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Accepts until `stop` turns true.
+/// Environment variable that makes the accept loop panic at its first connection (a test hook).
+pub(crate) const FAULT_ACCEPT_PANIC: &str = "SIO_FAULT_ACCEPT_PANIC";
+
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
@@ -139,6 +142,9 @@ pub(crate) async fn accept_loop(
         }
     };
     let mut last_warning: Option<Instant> = None;
+    // Fault injection for the supervision test (tests/supervision.rs): the loop panics at its
+    // first connection, as a bug would, and the primary must not keep running without it.
+    let fault_panic = std::env::var_os(FAULT_ACCEPT_PANIC).is_some();
     loop {
         let mut ready = tokio::select! {
             biased;
@@ -153,6 +159,9 @@ pub(crate) async fn accept_loop(
         };
         match ready.try_io(|l| accept_raw(l.get_ref())) {
             Ok(Ok((fd, peer))) => {
+                if fault_panic {
+                    panic!("fault injected by {FAULT_ACCEPT_PANIC}");
+                }
                 if let Some((fd, arrival)) = fast_path(&shared, fd, peer) {
                     to_task(&shared, fd, arrival, &mut last_warning);
                 }

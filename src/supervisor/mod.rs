@@ -86,6 +86,13 @@ pub enum SupervisorError {
     /// `--tls-cert` / `--tls-key` cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::door::tls::TlsError),
+    /// The accept loop ended while the cluster was serving: nothing could accept connections
+    /// any more, so the primary drained its workers and exits non-zero (systemd restarts it).
+    #[error(
+        "the accept loop {0}; no new connection could be accepted, so the cluster drained and \
+         exited (a bug: please report it with the log above)"
+    )]
+    AcceptLoop(String),
 }
 
 /// What to do about a listening socket that cannot be set up.

@@ -209,7 +209,10 @@ impl Primary {
         }
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept::accept_loop(self.shared.clone(), listener, stop_rx));
+        let mut accept = tokio::spawn(accept::accept_loop(self.shared.clone(), listener, stop_rx));
+        // Set when the accept loop ends on its own (a panic or an error): the cluster cannot take
+        // connections any more, so it drains and exits non-zero instead of feeding the watchdog.
+        let mut accept_ended: Option<String> = None;
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
@@ -231,6 +234,18 @@ impl Primary {
                 continue;
             }
             tokio::select! {
+                res = &mut accept => {
+                    let why = match res {
+                        Ok(()) => "stopped (its listening socket failed)".to_owned(),
+                        Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
+                        Err(e) => format!("was cancelled: {e}"),
+                    };
+                    tracing::error!(
+                        "the accept loop {why}; draining the workers and exiting with an error"
+                    );
+                    accept_ended = Some(why);
+                    break;
+                }
                 ev = self.events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,
                     None => break,
@@ -258,8 +273,13 @@ impl Primary {
         self.stopping = true;
         self.notifier.stopping();
         let _ = stop_tx.send(true);
-        let _ = accept.await;
+        if accept_ended.is_none() {
+            let _ = accept.await;
+        }
         self.drain_all().await;
+        if let Some(why) = accept_ended {
+            return Err(SupervisorError::AcceptLoop(why));
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -795,6 +815,15 @@ fn drain(h: &WorkerHandle, timeout: Duration, handover: bool) {
         );
         h.kill();
     }
+}
+
+/// The message of a panic payload (`&str` or `String`), or a placeholder.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 #[cfg(test)]
