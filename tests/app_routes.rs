@@ -48,7 +48,11 @@ fn the_chat_demo_works_across_workers() {
     // Its client script and its favicon come from the binary itself.
     let (status, js) = http_once(c.addr, "GET", "/assets/socket.io.min.js", "").unwrap();
     assert_eq!(status, 200);
-    assert!(js.contains("Socket.IO v4.8.1"), "{}", &js[..js.len().min(200)]);
+    assert!(
+        js.contains("Socket.IO v4.8.1"),
+        "{}",
+        &js[..js.len().min(200)]
+    );
     assert!(page.contains(r#"src="/assets/socket.io.min.js""#));
     let (status, icon) = http_once(c.addr, "GET", "/favicon.svg", "").unwrap();
     assert_eq!(status, 200);

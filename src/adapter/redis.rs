@@ -12,7 +12,7 @@
 //!   dead connection even when nothing is published;
 //! - every connection has a generation number and every operation remembers the one it used, so
 //!   a late failure on a connection that already died cannot drop its healthy replacement
-//!   ([`Link`] holds that rule, apart from the I/O, and its tests check it);
+//!   (`Link` holds that rule, apart from the I/O, and its tests check it);
 //! - the outage is logged once when it starts and once when it ends (by each worker: every worker
 //!   has its own connection), with the number of messages that could not cross. It ends once
 //!   every channel is subscribed again. Redis pub/sub is at-most-once: those messages are lost.

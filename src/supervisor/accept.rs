@@ -5,7 +5,7 @@
 //! time its connection is accepted, so one `MSG_PEEK`, a parse, a table look-up and a queued
 //! `sendmsg` finish the job without a task or a reactor registration. Any step that would wait
 //! (head not complete yet, worker queue full) moves the connection to its own task, which peeks
-//! until the head is complete ([`peek_head`]), so the loop itself never waits on a client. How
+//! until the head is complete (`peek_head`), so the loop itself never waits on a client. How
 //! many connections may wait for their head at once is bounded; beyond that a connection is
 //! answered 503 at once (then half-closed and drained on a short task, itself bounded, so the
 //! unread request does not turn the close into a reset that loses the 503), so a flood of idle

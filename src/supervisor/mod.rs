@@ -6,9 +6,9 @@
 //!    spawn N workers by re-executing this binary ([`spawn`]), each linked by a control channel
 //!    ([`link`]) and a bus ([`hub`]);
 //! 2. **ready**: once every worker reported ready, print `listening on ADDR` and accept
-//!    ([`accept`]): peek the head ([`peek`]), pick the worker ([`Shared::route`] with the
+//!    ([`accept`]): peek the head ([`peek`]), pick the worker (`Shared::route` with the
 //!    [`sid_table`] and [`balance`]), pass the descriptor;
-//! 3. **supervise** ([`primary`]): restart crashed or hung workers in their slot with backoff,
+//! 3. **supervise** (`primary`): restart crashed or hung workers in their slot with backoff,
 //!    roll workers one slot at a time on SIGHUP (or over the memory limit), keep systemd informed
 //!    ([`notify`]);
 //! 4. **drain**: on SIGTERM/SIGINT stop accepting, let workers finish within the drain timeout,

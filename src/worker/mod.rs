@@ -1,9 +1,9 @@
 //! A worker process: serves the connections the primary passes it, with the user's app.
 //!
 //! Started by the primary re-executing the binary with [`WorkerEnv`] in the environment. It
-//! builds socketioxide with the [`ClusterAdapter`](crate::ClusterAdapter), runs the user's setup,
-//! reports ready, then serves each received descriptor ([`serve`]) behind the session router
-//! ([`session`]). It exits when the primary tells it to drain, or as soon as the primary is gone
+//! builds socketioxide with the [`ClusterAdapter`], runs the user's setup,
+//! reports ready, then serves each received descriptor (`serve`) behind the session router
+//! (`session`). It exits when the primary tells it to drain, or as soon as the primary is gone
 //! (control channel end of file, or `PR_SET_PDEATHSIG`).
 
 pub(crate) mod body;
