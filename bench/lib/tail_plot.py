@@ -7,28 +7,22 @@ One panel per client count (1,000 and 10,000): p50 (dashed) and p99 (solid) in m
 send rate, one colour per variant, medians over rounds.
 """
 
-import json
 import statistics
 import sys
 from pathlib import Path
+
+# The result files are read the way the table reads them (same directory as this script).
+from tail_table import rounds_of
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 W, H = 420, 300
 M = dict(left=56, right=26, top=34, bottom=44)
 
 
-def load(path):
-    try:
-        return json.loads(path.read_text().strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def series(out, variant, clients):
     by_rate = {}
-    for f in sorted((out / variant).glob(f"fanout-{clients}-r*.json")):
-        j = load(f)
-        for s in (j or {}).get("steps", []):
+    for run in rounds_of(out, variant, clients):
+        for s in run.get("steps", []):
             by_rate.setdefault(s["rate"], []).append(s["latency"])
     return [
         (r, statistics.median(l["p50_ms"] for l in ls), statistics.median(l["p99_ms"] for l in ls))
