@@ -243,3 +243,90 @@ fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
     assert!(served(&c));
     assert!(c.is_running());
 }
+
+/// The second build of the upgrade test: the test app built with another wire protocol
+/// version (`SIO_CLUSTER_TEST_WIRE_VERSION`), by `scripts/test`.
+const NEXT_WIRE: &str = "999999";
+
+fn next_wire_build() -> PathBuf {
+    let app = example_bin("testapp");
+    // target/<profile>/examples/testapp -> target/next-wire/debug/examples/testapp
+    let target = app.ancestors().nth(3).unwrap();
+    let bin = target.join("next-wire/debug/examples/testapp");
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/test builds it with\n  SIO_CLUSTER_TEST_WIRE_VERSION={NEXT_WIRE} cargo build --example testapp --target-dir target/next-wire",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() {
+    let next = next_wire_build();
+    let dir = tempfile::tempdir().unwrap();
+    let app = example_bin("testapp");
+    let bin = dir.path().join("testapp");
+    install(&app, &bin);
+    let mut start = Start::testapp(&[
+        "--workers",
+        "2",
+        "--ready-timeout-ms",
+        "10000",
+        "--drain-timeout-ms",
+        "2000",
+    ]);
+    start.bin = bin.clone();
+    let mut c = start.spawn();
+    let pids = sorted(c.worker_pids());
+    assert_eq!(pids.len(), 2);
+
+    // Deploy a build that speaks another wire protocol, then reload: each slot's successor
+    // says hello, is refused in one line naming both versions, and the old worker stays.
+    install(&next, &bin);
+    c.signal(libc::SIGHUP);
+    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    let refused = "refused a worker of an incompatible build: it speaks wire protocol";
+    assert_eq!(c.count_log(refused), 2, "{}", c.logs());
+    assert!(
+        c.logs().contains(&format!(
+            "it speaks wire protocol {NEXT_WIRE} (sio-cluster {}), this primary speaks 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        c.logs().contains("restart the service"),
+        "the line says what to do: {}",
+        c.logs()
+    );
+    assert_eq!(
+        c.count_log("the new worker did not become ready; keeping the old one"),
+        2,
+        "{}",
+        c.logs()
+    );
+    assert_eq!(sorted(c.worker_pids()), pids, "old workers kept");
+    for _ in 0..10 {
+        assert!(served(&c), "the old workers serve");
+    }
+
+    // A compatible build deployed next replaces both workers as usual.
+    install(&app, &bin);
+    c.signal(libc::SIGHUP);
+    assert!(
+        eventually(RELOAD, || c.count_log("reload finished") >= 2),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(c.count_log(refused), 2, "{}", c.logs());
+    let after = sorted(c.worker_pids());
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|p| !pids.contains(p)),
+        "{after:?} {pids:?}"
+    );
+    assert!(served(&c));
+    assert!(c.is_running());
+}

@@ -173,6 +173,9 @@ pub struct NamespaceReport {
 /// Worker → primary.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToPrimary {
+    /// The first message of every worker, checked before any other is read. Variant 0 with
+    /// this layout in every build ([`hello`](super::hello)).
+    Hello(super::hello::Hello),
     /// The app is initialised (namespaces subscribed on the bus); send connections.
     Ready {
         /// The socketioxide server id (`Uid`) of this worker, as it appears in adapter messages.

@@ -6,12 +6,16 @@
 //! - a **bus** (`SOCK_STREAM`, [`frame`]) carrying the adapter's publish/subscribe traffic
 //!   ([`bus`]), relayed by the primary to the other workers.
 //!
+//! A worker's first message is its [`hello`]: the primary refuses a worker of a build that
+//! speaks another wire protocol.
+//!
 //! Both are inherited across `exec` at descriptor numbers given in the environment
 //! ([`WorkerEnv`](crate::worker::WorkerEnv)).
 
 pub mod bus;
 pub mod channel;
 pub mod frame;
+pub mod hello;
 pub mod message;
 
 /// Errors of the IPC layer.

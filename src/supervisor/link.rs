@@ -134,8 +134,34 @@ fn rehome(shared: &Arc<Shared>, handle: &WorkerHandle, msg: ToWorker, fd: Option
     }
 }
 
+/// Reads the worker's first message, which must be a [`Hello`](crate::ipc::hello::Hello) of
+/// this build's wire protocol; otherwise logs why, kills the worker and returns `false`.
+async fn hello(handle: &WorkerHandle, rx: &mut Receiver<ToPrimary>) -> bool {
+    use crate::ipc::hello::Mismatch;
+    let refused = match rx.recv().await {
+        Ok(Some((ToPrimary::Hello(hello), _))) => match hello.check() {
+            Ok(()) => return true,
+            Err(m) => m,
+        },
+        Ok(Some(_)) | Err(IpcError::Decode(_)) => Mismatch::NoHello,
+        // Gone before it said anything: its exit is reported as usual.
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(worker = %handle.member, "control channel error: {e}");
+            return false;
+        }
+    };
+    tracing::error!(slot = handle.slot, pid = handle.pid, worker = %handle.member, "{refused}");
+    handle.kill();
+    false
+}
+
 async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Receiver<ToPrimary>) {
     let member = handle.member;
+    if !hello(&handle, &mut rx).await {
+        let _ = shared.events.send(Event::LinkClosed(member));
+        return;
+    }
     loop {
         let (msg, fds) = match rx.recv().await {
             Ok(Some(m)) => m,
@@ -151,6 +177,9 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
             }
         };
         match msg {
+            ToPrimary::Hello(_) => {
+                tracing::warn!(worker = %member, "dropped a second hello from the worker");
+            }
             ToPrimary::Ready { server_uid } => {
                 let _ = handle.uid.set(server_uid.clone());
                 if handle.phase() == Phase::Starting {

@@ -108,8 +108,13 @@ impl WorkerEnv {
     /// Encodes for the environment.
     pub fn encode(&self) -> String {
         format!(
-            "slot={};member={};ctl={};bus={};primary={}",
-            self.slot, self.member.0, self.ctl_fd, self.bus_fd, self.primary_pid
+            "wire={};slot={};member={};ctl={};bus={};primary={}",
+            crate::ipc::hello::WIRE_VERSION,
+            self.slot,
+            self.member.0,
+            self.ctl_fd,
+            self.bus_fd,
+            self.primary_pid
         )
     }
 
@@ -146,7 +151,10 @@ impl FromStr for WorkerEnv {
                 "ctl" => env.ctl_fd = num(v)? as RawFd,
                 "bus" => env.bus_fd = num(v)? as RawFd,
                 "primary" => env.primary_pid = num(v)? as u32,
-                _ => return Err(WorkerError::Env(format!("unknown key `{k}`"))),
+                // The primary's wire version: checked by the primary on this worker's hello
+                // (a primary of another build may send keys this one does not know; the hello
+                // is what tells them apart).
+                _ => {}
             }
         }
         if env.slot == usize::MAX || env.ctl_fd < 0 || env.bus_fd < 0 || env.primary_pid == 0 {
@@ -369,6 +377,10 @@ where
     Fut: Future<Output = Result<axum::Router, crate::BoxError>>,
 {
     let (ctl_tx, mut ctl_rx) = channel::channel::<ToPrimary, ToWorker>(ctl)?;
+    // Before anything else: the primary reads nothing more from a worker of another build.
+    ctl_tx
+        .send(&ToPrimary::Hello(crate::ipc::hello::Hello::ours()), &[])
+        .await?;
     let control = Control::start(ctl_tx);
 
     let request_timeout = Duration::from_millis(config.request_timeout_ms);
