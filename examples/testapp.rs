@@ -334,13 +334,23 @@ async fn on_emit_with_ack<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
         Ok(stream) => stream,
         Err(e) => return tracing::warn!(sid = %s.id, "emit-with-ack: {e}"),
     };
+    let asked = std::time::Instant::now();
     match stream.await {
         Ok(reply) => {
             if let Err(e) = s.emit("emit-with-ack", &reply) {
                 tracing::warn!(sid = %s.id, "emit emit-with-ack reply: {e}");
             }
         }
-        Err(e) => tracing::warn!(sid = %s.id, "emit-with-ack: no reply from the client: {e}"),
+        Err(e) => {
+            tracing::warn!(sid = %s.id, "emit-with-ack: no reply from the client: {e}");
+            // Tells the client when the ack timeout (`--ack-timeout-ms`) fired.
+            let after_ms = asked.elapsed().as_millis() as u64;
+            let timeout = matches!(e, socketioxide::AckError::Timeout);
+            let _ = s.emit(
+                "emit-with-ack-timeout",
+                &serde_json::json!({ "after_ms": after_ms, "timeout": timeout }),
+            );
+        }
     }
 }
 

@@ -26,6 +26,17 @@ pub enum Balance {
     IpHash,
 }
 
+/// How Socket.IO packets are encoded on the wire (`--parser`); clients must use the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PacketParser {
+    /// socket.io's default parser: JSON text, binary as attachments (every client's default).
+    #[default]
+    Json,
+    /// MessagePack, one binary frame per packet; clients need `socket.io-msgpack-parser`
+    /// (`io(url, { parser })`).
+    Msgpack,
+}
+
 /// Which bus carries adapter operations between workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AdapterKind {
@@ -203,6 +214,17 @@ pub struct Config {
     /// Default: 100000.
     #[arg(long, env = "SIO_MAX_PAYLOAD")]
     pub max_payload: Option<u64>,
+
+    /// Packet encoding: `json` (socket.io's default) or `msgpack` (clients use
+    /// `socket.io-msgpack-parser`). Every client of the cluster must use the same.
+    #[arg(long, env = "SIO_PARSER", value_enum, default_value_t = PacketParser::Json)]
+    pub parser: PacketParser,
+
+    /// How long an emit with an ack waits for the client's answer before it fails with a
+    /// timeout (socketioxide's default when unset: 5000). Broadcasts with acks across workers
+    /// wait this plus `--request-timeout-ms`.
+    #[arg(long, env = "SIO_ACK_TIMEOUT_MS")]
+    pub ack_timeout_ms: Option<u64>,
 
     /// Timeout of adapter requests that wait for other workers (acks, rooms, fetch_sockets).
     #[arg(long, env = "SIO_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
@@ -448,8 +470,9 @@ impl Config {
         Ok(())
     }
 
-    /// Applies the Engine.IO settings of this configuration (path, ping interval and timeout,
-    /// connect timeout, max payload) to a socketioxide builder. The cluster does it for its
+    /// Applies the Engine.IO and Socket.IO settings of this configuration (path, ping interval
+    /// and timeout, connect and ack timeouts, max payload, packet parser) to a socketioxide
+    /// builder. The cluster does it for its
     /// workers; call it when serving the same app some other way (e.g. one process in tests).
     ///
     /// ```no_run
@@ -471,6 +494,13 @@ impl Config {
         if let Some(ms) = self.connect_timeout_ms {
             builder = builder.connect_timeout(Duration::from_millis(ms));
         }
+        if let Some(ms) = self.ack_timeout_ms {
+            builder = builder.ack_timeout(Duration::from_millis(ms));
+        }
+        builder = match self.parser {
+            PacketParser::Json => builder.with_parser(socketioxide::ParserConfig::common()),
+            PacketParser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
+        };
         // The same bound on every transport: polling bodies, websocket messages and frames
         // (socketioxide's own websocket defaults are 64 MiB and 16 MiB).
         let bytes = self.max_payload_bytes();

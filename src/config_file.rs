@@ -354,6 +354,8 @@ impl ReloadPlan {
             redis_prefix => "--redis-prefix",
             path => "--path",
             sticky_cookie => "--sticky-cookie",
+            // Old and new workers would relay packets their clients cannot decode.
+            parser => "--parser",
         );
         if old.tls().is_some() != new.tls().is_some() {
             // The primary checks the first byte for TLS or reads the head: one or the other.
@@ -502,13 +504,19 @@ mod tests {
         let file = EnvFile::parse("SIO_WORKERS=2").unwrap();
         let old = effective_config(&[], &file, Path::new("f")).unwrap();
         let file = EnvFile::parse(
-            "SIO_WORKERS=3\nSIO_REDIS_PREFIX=other\nSIO_PING_INTERVAL_MS=1000\nSIO_DRAIN_TIMEOUT_MS=1",
+            "SIO_WORKERS=3\nSIO_REDIS_PREFIX=other\nSIO_PING_INTERVAL_MS=1000\nSIO_DRAIN_TIMEOUT_MS=1\n\
+             SIO_PARSER=msgpack\nSIO_ACK_TIMEOUT_MS=900",
         )
         .unwrap();
         let new = effective_config(&[], &file, Path::new("f")).unwrap();
+        assert_eq!(new.ack_timeout_ms, Some(900));
         let plan = ReloadPlan::new(&old, &new);
-        assert_eq!(plan.refused.len(), 1, "{plan:?}");
+        assert_eq!(plan.refused.len(), 2, "{plan:?}");
         assert!(plan.refused[0].starts_with("--redis-prefix"));
+        assert!(
+            plan.refused[1].starts_with("--parser (Json → Msgpack)"),
+            "{plan:?}"
+        );
         assert_eq!(plan.kept.len(), 1, "{plan:?}");
         assert!(plan.kept[0].starts_with("--workers"));
         assert_eq!(ReloadPlan::new(&old, &old), ReloadPlan::default());

@@ -397,7 +397,10 @@ where
                 env.member,
                 IPC_PREFIX,
                 request_timeout,
-                request_timeout + Duration::from_secs(60),
+                // A broadcast with acks lives for the client's ack timeout plus this.
+                request_timeout
+                    + Duration::from_millis(config.ack_timeout_ms.unwrap_or(5_000))
+                    + Duration::from_secs(60),
             ))
         }
         AdapterKind::Redis => {

@@ -3,7 +3,14 @@
 // transport on every worker. Used by tests/js_client.rs and tests/tls.rs; run by hand with
 //   node tests/js/connect.mjs http://127.0.0.1:3000 [clients-per-transport]
 // An https:// URL runs everything over TLS (trust a test CA with NODE_EXTRA_CA_CERTS).
+// SIO_TEST_PARSER=msgpack makes every client use socket.io-msgpack-parser (for a cluster started
+// with --parser msgpack) and checks that a client with the default parser cannot connect.
+// SIO_TEST_ACK_TIMEOUT=1 also checks that an ack the client never sends times out on the
+// server (reported as `ackTimeout`, the server's `emit-with-ack-timeout` payload).
 import { io } from "socket.io-client";
+import msgpackParser from "socket.io-msgpack-parser";
+
+const parser = process.env.SIO_TEST_PARSER === "msgpack" ? msgpackParser : undefined;
 
 const url = process.argv[2];
 const perTransport = Number(process.argv[3] ?? 5);
@@ -20,7 +27,7 @@ const withTimeout = (p, ms, what) =>
 
 function connect(opts) {
   return new Promise((resolve, reject) => {
-    const socket = io(url, { reconnection: false, timeout: 10000, ...opts });
+    const socket = io(url, { reconnection: false, timeout: 10000, ...(parser ? { parser } : {}), ...opts });
     const auth = new Promise((res) => socket.once("auth", res));
     socket.once("connect", () => resolve({ socket, auth }));
     socket.once("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
@@ -65,8 +72,8 @@ async function scenario(name, opts, wantTransport) {
       back.length === 4 &&
       back[0] === "text" &&
       back[1] === 42 &&
-      Buffer.isBuffer(back[2]) &&
-      Buffer.compare(back[2], bin) === 0 &&
+      back[2] instanceof Uint8Array &&
+      Buffer.compare(Buffer.from(back[2]), bin) === 0 &&
       back[3]?.nested === true,
     ackOk: JSON.stringify(acked) === JSON.stringify([1, "two", { three: 3 }]),
   };
@@ -105,6 +112,35 @@ async function broadcast(modes) {
   return { clients: clients.length, counts, workers: [...workers].sort() };
 }
 
+// The server asks this client for an ack it never gets: the server's ack timeout fires and it
+// says so with `emit-with-ack-timeout`.
+async function ackTimeout() {
+  const { socket } = await withTimeout(connect({ transports: ["websocket"] }), 15000, "ack-timeout connect");
+  socket.on("emit-with-ack", () => {}); // no ack callback called: never answers
+  const sent = Date.now();
+  const timedOut = withTimeout(
+    new Promise((res) => socket.once("emit-with-ack-timeout", res)),
+    30000,
+    "emit-with-ack-timeout",
+  );
+  socket.emit("emit-with-ack", "unanswered");
+  const reply = await timedOut;
+  socket.disconnect();
+  return { ...reply, client_ms: Date.now() - sent };
+}
+
+// With the msgpack parser on the server, a client with the default parser must not get in.
+async function defaultParserClient() {
+  const socket = io(url, { reconnection: false, timeout: 5000, transports: ["websocket"] });
+  const connected = await new Promise((res) => {
+    socket.once("connect", () => res(true));
+    socket.once("connect_error", () => res(false));
+    setTimeout(() => res(false), 5000);
+  });
+  socket.disconnect();
+  return connected;
+}
+
 const out = { ok: true, results: [] };
 try {
   const modes = [
@@ -119,6 +155,8 @@ try {
     out.results.push(...runs.map((r) => ({ mode: name, ...r })));
   }
   out.broadcast = await broadcast(modes);
+  if (process.env.SIO_TEST_ACK_TIMEOUT === "1") out.ackTimeout = await ackTimeout();
+  if (parser) out.defaultParserConnected = await defaultParserClient();
 } catch (e) {
   out.ok = false;
   out.error = String(e?.stack ?? e);
