@@ -48,6 +48,7 @@ mod logging;
 pub mod sid;
 pub mod status;
 pub mod supervisor;
+mod sync;
 pub mod worker;
 
 use std::future::Future;

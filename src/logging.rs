@@ -162,6 +162,7 @@ pub(crate) fn init(role: Role, format: LogFormat, level: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::LockExt;
 
     #[test]
     fn json_lines_parse_and_carry_the_worker_index() {
@@ -170,7 +171,7 @@ mod tests {
         struct Buf(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buf {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
+                self.0.lock_unpoisoned().extend_from_slice(b);
                 Ok(b.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -190,7 +191,7 @@ mod tests {
             tracing::info!(pid = 42u64, ok = true, name = "x\"y", "worker ready");
             tracing::warn!(message2 = 1.5f64, "second\nline");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(buf.0.lock_unpoisoned().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

@@ -7,6 +7,7 @@
 //! A request aimed at one worker that is already gone (a remote socket's worker died) is answered
 //! for before it is even sent.
 
+use crate::sync::LockExt;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,8 +140,7 @@ impl IpcDriver {
     pub fn request_timeouts(&self) -> u64 {
         self.inner
             .tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .timed_out(std::time::Instant::now())
     }
 
@@ -251,7 +251,7 @@ impl IpcDriver {
                 .map_or(self.inner.ask_timeout, |ack| self.inner.ask_timeout + ack),
             _ => self.inner.ask_timeout,
         };
-        let mut tracker = self.inner.tracker.lock().unwrap();
+        let mut tracker = self.inner.tracker.lock_unpoisoned();
         tracker.track(header.id, header.kind, resp_chan, targets, lifetime);
         tracker.expect_within(header.id, wait);
         drop(tracker);
@@ -267,13 +267,12 @@ impl IpcDriver {
             && let Some(v) = self
                 .inner
                 .views
-                .lock()
-                .unwrap()
+                .lock_unpoisoned()
                 .take(&(task, chan.to_owned()))
         {
             return Some(v);
         }
-        let latest = self.inner.latest.lock().unwrap();
+        let latest = self.inner.latest.lock_unpoisoned();
         match target_uid {
             // A request to one server: find it in any known view of the namespace.
             Some(uid) => latest
@@ -289,7 +288,7 @@ impl IpcDriver {
     async fn ask(&self, chan: &str) -> Result<View, IpcDriverError> {
         let id = self.inner.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.inner.asks.lock().unwrap().insert(id, tx);
+        self.inner.asks.lock_unpoisoned().insert(id, tx);
         if let Err(e) = self
             .send(&BusUp::NumServ {
                 id,
@@ -297,14 +296,14 @@ impl IpcDriver {
             })
             .await
         {
-            self.inner.asks.lock().unwrap().remove(&id);
+            self.inner.asks.lock_unpoisoned().remove(&id);
             return Err(e);
         }
         match tokio::time::timeout(self.inner.ask_timeout, rx).await {
             Ok(Ok(view)) => Ok(view),
             Ok(Err(_)) => Err(IpcDriverError::Closed),
             Err(_) => {
-                self.inner.asks.lock().unwrap().remove(&id);
+                self.inner.asks.lock_unpoisoned().remove(&id);
                 Err(IpcDriverError::Timeout(self.inner.ask_timeout))
             }
         }
@@ -348,7 +347,7 @@ impl Driver for IpcDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size.max(1));
-        self.inner.subs.lock().unwrap().insert(chan.clone(), tx);
+        self.inner.subs.lock_unpoisoned().insert(chan.clone(), tx);
         self.send(&BusUp::Subscribe {
             chan: Cow::Borrowed(&chan),
         })
@@ -357,7 +356,7 @@ impl Driver for IpcDriver {
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.inner.subs.lock().unwrap().remove(&chan);
+        self.inner.subs.lock_unpoisoned().remove(&chan);
         self.send(&BusUp::Unsubscribe {
             chan: Cow::Borrowed(&chan),
         })
@@ -369,13 +368,11 @@ impl Driver for IpcDriver {
         let count = u16::try_from(view.len()).unwrap_or(u16::MAX);
         self.inner
             .views
-            .lock()
-            .unwrap()
+            .lock_unpoisoned()
             .put((tokio::task::try_id(), chan.to_owned()), view.clone());
         self.inner
             .latest
-            .lock()
-            .unwrap()
+            .lock_unpoisoned()
             .insert(chan.to_owned(), view);
         Ok(count)
     }
@@ -420,7 +417,7 @@ async fn read_loop(
         match down {
             BusDown::Deliver { chan, payload } => {
                 if chan.starts_with(&inner.resp_prefix)
-                    && !inner.tracker.lock().unwrap().on_response(payload)
+                    && !inner.tracker.lock_unpoisoned().on_response(payload)
                 {
                     // From a worker already answered for (one of its answers was lost).
                     continue;
@@ -432,22 +429,24 @@ async fn read_loop(
                     .into_iter()
                     .map(|Member { id, uid }| (id, uid.into_owned()))
                     .collect();
-                if let Some(tx) = inner.asks.lock().unwrap().remove(&id) {
+                if let Some(tx) = inner.asks.lock_unpoisoned().remove(&id) {
                     let _ = tx.send(view);
                 }
             }
             BusDown::MemberDown { member } => {
-                let injections = inner.tracker.lock().unwrap().member_down(member);
+                let injections = inner.tracker.lock_unpoisoned().member_down(member);
                 inner
                     .latest
-                    .lock()
-                    .unwrap()
+                    .lock_unpoisoned()
                     .values_mut()
                     .for_each(|v| v.retain(|(m, _)| *m != member));
                 inject(&inner, injections).await;
             }
             BusDown::Undeliverable { req_id, member } => {
-                let injections = inner.tracker.lock().unwrap().undeliverable(&req_id, member);
+                let injections = inner
+                    .tracker
+                    .lock_unpoisoned()
+                    .undeliverable(&req_id, member);
                 inject(&inner, injections).await;
             }
         }
@@ -463,11 +462,11 @@ async fn inject(inner: &Inner, injections: Vec<Injection>) {
 /// Hands a message to the adapter's stream for `chan`, waiting if it is full (the primary
 /// bounds what it queues for us, so waiting here is the backpressure, not a leak).
 async fn deliver(inner: &Inner, chan: &str, payload: Vec<u8>) {
-    let tx = inner.subs.lock().unwrap().get(chan).cloned();
+    let tx = inner.subs.lock_unpoisoned().get(chan).cloned();
     if let Some(tx) = tx
         && tx.send((chan.to_owned(), payload)).await.is_err()
     {
-        inner.subs.lock().unwrap().remove(chan);
+        inner.subs.lock_unpoisoned().remove(chan);
     }
 }
 
@@ -611,7 +610,7 @@ mod tests {
         let (id, bytes) = request(ua, RequestTypeOut::BroadcastWithAck(&packet), Some(ack));
         let published = tokio::time::Instant::now().into_std();
         a.publish(chan, bytes).await.unwrap();
-        let deadline = a.inner.tracker.lock().unwrap().deadline(id.as_str());
+        let deadline = a.inner.tracker.lock_unpoisoned().deadline(id.as_str());
         // request timeout (30 s) + ack timeout, well past the 90 s default lifetime.
         assert!(
             deadline.is_some_and(|d| d >= published + ack + Duration::from_secs(30)),
@@ -633,7 +632,7 @@ mod tests {
         while let Some(n) = tasks.join_next().await {
             assert_eq!(n.unwrap(), 1);
         }
-        assert_eq!(a.inner.views.lock().unwrap().len(), VIEWS_CAP);
+        assert_eq!(a.inner.views.lock_unpoisoned().len(), VIEWS_CAP);
         // An application's own counts keep nothing.
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..10 {
@@ -643,7 +642,7 @@ mod tests {
         while let Some(n) = tasks.join_next().await {
             assert_eq!(n.unwrap(), 1);
         }
-        assert_eq!(a.inner.views.lock().unwrap().len(), VIEWS_CAP);
+        assert_eq!(a.inner.views.lock_unpoisoned().len(), VIEWS_CAP);
         // The newest answers are still there for the requests about to be published.
         let mut v = Views::default();
         for i in 0..VIEWS_CAP + 10 {

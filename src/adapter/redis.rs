@@ -23,6 +23,7 @@
 //!   10 s), and the connection is kept; a connection error, or three health checks in a row
 //!   unanswered, is what ends a connection (see BENCHMARKS.md, "Redis mode under load").
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -380,25 +381,20 @@ impl RedisBus {
     /// Whether the connection to Redis is up now (false during an outage, until the reconnect
     /// task has connected and subscribed again).
     pub fn is_up(&self) -> bool {
-        self.inner
-            .link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .current()
-            .is_some()
+        self.inner.link.lock_unpoisoned().current().is_some()
     }
 }
 
 impl Inner {
     fn current(&self) -> Option<(u64, RedisDriver)> {
-        self.link.lock().unwrap().current()
+        self.link.lock_unpoisoned().current()
     }
 
     /// An operation on the connection of generation `generation` failed. If that connection is still
     /// the current one, forget it, log the outage once and let the reconnect task work; a
     /// failure of an older connection changes nothing.
     fn fail(&self, generation: u64, why: &dyn fmt::Display) {
-        let failure = self.link.lock().unwrap().fail(generation, Instant::now());
+        let failure = self.link.lock_unpoisoned().fail(generation, Instant::now());
         match failure {
             Failure::Ignored => {
                 tracing::debug!(url = %self.url, generation, "stale Redis connection failed ({why})");
@@ -468,10 +464,10 @@ async fn try_reconnect(inner: &Inner) -> Result<Instant, String> {
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let generation = inner.link.lock().unwrap().install(driver.clone());
+    let generation = inner.link.lock_unpoisoned().install(driver.clone());
     // Channels the adapter adds meanwhile are claimed by its own `subscribe` or by a later round.
     loop {
-        let claimed = inner.link.lock().unwrap().claim_idle(generation);
+        let claimed = inner.link.lock_unpoisoned().claim_idle(generation);
         if claimed.is_empty() {
             break;
         }
@@ -485,8 +481,7 @@ async fn try_reconnect(inner: &Inner) -> Result<Instant, String> {
                 Ok(Ok(stream)) => {
                     inner
                         .link
-                        .lock()
-                        .unwrap()
+                        .lock_unpoisoned()
                         .set_pump(&chan, generation, pump(stream, tx));
                 }
                 Ok(Err(e)) => {
@@ -502,8 +497,7 @@ async fn try_reconnect(inner: &Inner) -> Result<Instant, String> {
     }
     inner
         .link
-        .lock()
-        .unwrap()
+        .lock_unpoisoned()
         .restored(generation, Instant::now())
         .ok_or_else(|| "the new connection failed while subscribing again".to_string())
 }
@@ -550,7 +544,7 @@ fn is_late(e: &impl fmt::Display) -> bool {
 fn slow_reply(inner: &Inner) {
     inner.lost.fetch_add(1, Ordering::Relaxed);
     let total = inner.slow.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut logged = inner.slow_logged.lock().unwrap();
+    let mut logged = inner.slow_logged.lock_unpoisoned();
     if logged.is_none_or(|t| t.elapsed() >= SLOW_LOG_EVERY) {
         *logged = Some(Instant::now());
         tracing::warn!(
@@ -601,8 +595,7 @@ impl Driver for RedisBus {
         let current = self
             .inner
             .link
-            .lock()
-            .unwrap()
+            .lock_unpoisoned()
             .add_sub(chan.clone(), tx.clone());
         // While Redis is down, the reconnect task subscribes once it is back.
         if let Some((generation, d)) = current {
@@ -612,8 +605,7 @@ impl Driver for RedisBus {
                 Ok(Ok(stream)) => {
                     self.inner
                         .link
-                        .lock()
-                        .unwrap()
+                        .lock_unpoisoned()
                         .set_pump(&chan, generation, pump(stream, tx));
                 }
                 Ok(Err(e)) => self.inner.fail(generation, &e),
@@ -625,7 +617,7 @@ impl Driver for RedisBus {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         let current = {
-            let mut link = self.inner.link.lock().unwrap();
+            let mut link = self.inner.link.lock_unpoisoned();
             link.remove_sub(&chan);
             link.current()
         };

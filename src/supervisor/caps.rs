@@ -13,6 +13,7 @@
 //! the descriptors it uses), so a worker whose app opened many files is not sent connections it
 //! cannot receive.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -64,7 +65,7 @@ impl Caps {
     pub fn ip_full(&self, ip: Option<IpAddr>) -> bool {
         match (self.per_ip, ip) {
             (Some(cap), Some(ip)) => {
-                let ips = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+                let ips = self.ips.lock_unpoisoned();
                 ips.get(&ip).copied().unwrap_or(0) >= cap
             }
             _ => false,
@@ -75,16 +76,8 @@ impl Caps {
     /// manifest (so the worker reports it when it closes), `None` when addresses are not counted.
     pub fn count(&self, ip: Option<IpAddr>, worker: &PerIp) -> Option<IpAddr> {
         let ip = ip.filter(|_| self.per_ip.is_some())?;
-        add(
-            &mut self.ips.lock().unwrap_or_else(|p| p.into_inner()),
-            ip,
-            1,
-        );
-        add(
-            &mut worker.0.lock().unwrap_or_else(|p| p.into_inner()),
-            ip,
-            1,
-        );
+        add(&mut self.ips.lock_unpoisoned(), ip, 1);
+        add(&mut worker.0.lock_unpoisoned(), ip, 1);
         Some(ip)
     }
 
@@ -93,8 +86,8 @@ impl Caps {
         if ips.is_empty() {
             return;
         }
-        let mut map = self.ips.lock().unwrap_or_else(|p| p.into_inner());
-        let mut mine = worker.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.ips.lock_unpoisoned();
+        let mut mine = worker.0.lock_unpoisoned();
         for ip in ips {
             sub(&mut map, *ip, 1);
             sub(&mut mine, *ip, 1);
@@ -104,8 +97,8 @@ impl Caps {
     /// Forgets every connection still counted for a worker that exited (its connections closed
     /// with it).
     pub fn forget_worker(&self, worker: &PerIp) {
-        let mine = std::mem::take(&mut *worker.0.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut map = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = std::mem::take(&mut *worker.0.lock_unpoisoned());
+        let mut map = self.ips.lock_unpoisoned();
         for (ip, n) in mine {
             sub(&mut map, ip, n);
         }
@@ -113,7 +106,7 @@ impl Caps {
 
     /// Addresses with at least one counted connection.
     pub fn counted_addresses(&self) -> usize {
-        self.ips.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.ips.lock_unpoisoned().len()
     }
 
     /// The refusal for a new session given the cluster's open connections, if any.

@@ -14,6 +14,7 @@
 //! timeout. These reports are a few bytes and bypass the limit. When a worker's bus closes (it
 //! exited), the others get `MemberDown` after everything it sent before.
 
+use crate::sync::{LockExt, RwLockExt};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -117,7 +118,7 @@ impl Hub {
             last_warn: Arc::new(Mutex::new(None)),
             last_lost: Arc::new(Mutex::new(None)),
         };
-        self.state.write().unwrap().members.insert(
+        self.state.write_unpoisoned().members.insert(
             member,
             HubMember {
                 uid: None,
@@ -161,7 +162,7 @@ impl Hub {
 
     /// Counts `member` as a responder from now on.
     pub fn set_ready(&self, member: MemberId, uid: String) {
-        if let Some(m) = self.state.write().unwrap().members.get_mut(&member) {
+        if let Some(m) = self.state.write_unpoisoned().members.get_mut(&member) {
             m.uid = Some(uid);
             m.ready = true;
         }
@@ -182,7 +183,7 @@ impl Hub {
     fn on_frame(&self, from: MemberId, up: BusUp<'_>) {
         match up {
             BusUp::Subscribe { chan } => {
-                let mut st = self.state.write().unwrap();
+                let mut st = self.state.write_unpoisoned();
                 let Some(m) = st.members.get_mut(&from) else {
                     return;
                 };
@@ -191,7 +192,7 @@ impl Hub {
                 }
             }
             BusUp::Unsubscribe { chan } => {
-                let mut st = self.state.write().unwrap();
+                let mut st = self.state.write_unpoisoned();
                 if let Some(m) = st.members.get_mut(&from) {
                     m.subs.remove(chan.as_ref());
                 }
@@ -207,7 +208,7 @@ impl Hub {
                 payload,
                 request,
             } => {
-                let st = self.state.read().unwrap();
+                let st = self.state.read_unpoisoned();
                 let Some(subs) = st.chans.get(chan.as_ref()) else {
                     drop(st);
                     if let Some(req) = request {
@@ -268,7 +269,7 @@ impl Hub {
                 }
             }
             BusUp::NumServ { id, chan } => {
-                let st = self.state.read().unwrap();
+                let st = self.state.read_unpoisoned();
                 let members: Vec<Member<'_>> = st
                     .chans
                     .get(chan.as_ref())
@@ -291,7 +292,7 @@ impl Hub {
     }
 
     fn undeliverable(&self, requester: MemberId, req_id: &str, target: MemberId) {
-        let st = self.state.read().unwrap();
+        let st = self.state.read_unpoisoned();
         let Some(m) = st.members.get(&requester) else {
             return;
         };
@@ -307,7 +308,7 @@ impl Hub {
     /// the requester, which gives `responder` up for that request.
     fn answer_lost(&self, requester: MemberId, outbox: &Outbox, req_id: &str, responder: MemberId) {
         {
-            let mut last = outbox.last_lost.lock().unwrap();
+            let mut last = outbox.last_lost.lock_unpoisoned();
             if last
                 .as_ref()
                 .is_some_and(|(r, m)| r == req_id && *m == responder)
@@ -338,7 +339,7 @@ impl Hub {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.dropped_bytes.fetch_add(len as u64, Ordering::Relaxed);
             let total = outbox.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut last = outbox.last_warn.lock().unwrap();
+            let mut last = outbox.last_warn.lock_unpoisoned();
             if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                 *last = Some(Instant::now());
                 tracing::warn!(
@@ -362,7 +363,7 @@ impl Hub {
 
     /// `member`'s bus closed: forget it and tell the others, after its last frame.
     fn detach(&self, member: MemberId) {
-        let mut st = self.state.write().unwrap();
+        let mut st = self.state.write_unpoisoned();
         let Some(gone) = st.members.remove(&member) else {
             return;
         };
@@ -491,7 +492,7 @@ mod tests {
         mut reader: Option<&mut Peer>,
     ) -> usize {
         let dropped = || {
-            hub.state.read().unwrap().members[&MemberId(stuck)]
+            hub.state.read_unpoisoned().members[&MemberId(stuck)]
                 .outbox
                 .dropped
                 .load(Ordering::Relaxed)
@@ -664,7 +665,7 @@ mod tests {
         assert!(stats.dropped > 0, "{stats:?}");
         // Socket buffers hold some; the hub's own queue never exceeds its limit by more than one
         // frame.
-        let st = hub.state.read().unwrap();
+        let st = hub.state.read_unpoisoned();
         let queued = st.members[&MemberId(2)]
             .outbox
             .queued

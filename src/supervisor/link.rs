@@ -5,6 +5,7 @@
 //! copy of each descriptor once it is sent. A reader task serves the worker's requests: readiness, load,
 //! heartbeats, session registration and look-up, and forwarded connections.
 
+use crate::sync::{LockExt, RwLockExt};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -199,7 +200,7 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
             }
             ToPrimary::Pick { req, client_ip } => {
                 let outcome = {
-                    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+                    let roster = shared.roster.read_unpoisoned();
                     match shared.new_session(&roster, None, client_ip) {
                         Decision::Serve(h, _) => Ok(h.member),
                         Decision::Refuse(r) => Err(r),
@@ -222,11 +223,11 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 }
             }
             ToPrimary::Heartbeat { seq: _, rss_bytes } => {
-                *handle.last_heartbeat.lock().unwrap() = Instant::now();
+                *handle.last_heartbeat.lock_unpoisoned() = Instant::now();
                 handle.rss.store(rss_bytes, Ordering::Relaxed);
             }
             ToPrimary::Report(report) => {
-                *handle.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+                *handle.report.lock_unpoisoned() = Some(report);
             }
             ToPrimary::Health { req } => {
                 let (status, body) = super::metrics::health(&shared);
@@ -239,7 +240,7 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 }
             }
             ToPrimary::RegisterSid { req, sid } => {
-                shared.sids.lock().unwrap().insert(sid, member);
+                shared.sids.lock_unpoisoned().insert(sid, member);
                 if handle
                     .send(ToWorker::SidRegistered { req }, None)
                     .await
@@ -249,18 +250,17 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                 }
             }
             ToPrimary::UnregisterSids { sids } => {
-                let mut table = shared.sids.lock().unwrap();
+                let mut table = shared.sids.lock_unpoisoned();
                 for sid in &sids {
                     table.remove(sid, member);
                 }
             }
             ToPrimary::LookupSid { req, sid } => {
-                let owner = shared.sids.lock().unwrap().owner(&sid);
+                let owner = shared.sids.lock_unpoisoned().owner(&sid);
                 let owner = owner.filter(|m| {
                     shared
                         .roster
-                        .read()
-                        .unwrap()
+                        .read_unpoisoned()
                         .get(*m)
                         .is_some_and(|h| h.is_alive())
                 });
@@ -277,7 +277,7 @@ async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Recei
                     tracing::warn!(worker = %member, "forward request without a socket; ignored");
                     continue;
                 };
-                let dest = shared.roster.read().unwrap().get(target).cloned();
+                let dest = shared.roster.read_unpoisoned().get(target).cloned();
                 match dest {
                     Some(dest) if dest.is_alive() => {
                         shared.metrics.routed(RouteReason::Forwarded);

@@ -9,6 +9,7 @@
 //! latency. Every family is present in every scrape, with a zero sample for each known label
 //! value, before its first event.
 
+use crate::sync::{LockExt, RwLockExt};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -251,7 +252,7 @@ impl Metrics {
     /// Counts a worker replaced in `slot`.
     pub(crate) fn restarted(&self, slot: usize, cause: RestartCause) {
         self.restarts[cause.index()].fetch_add(1, Ordering::Relaxed);
-        let mut per_slot = self.slot_restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_slot = self.slot_restarts.lock_unpoisoned();
         if let Some(n) = per_slot.get_mut(slot) {
             *n += 1;
         }
@@ -264,8 +265,7 @@ impl Metrics {
 
     fn slot_restarts(&self, slot: usize) -> u64 {
         self.slot_restarts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .lock_unpoisoned()
             .get(slot)
             .copied()
             .unwrap_or(0)
@@ -328,18 +328,14 @@ fn adapter_name(shared: &Shared) -> &'static str {
 }
 
 fn handles(shared: &Shared) -> Vec<std::sync::Arc<WorkerHandle>> {
-    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+    let roster = shared.roster.read_unpoisoned();
     let mut hs: Vec<_> = roster.iter().cloned().collect();
     hs.sort_by_key(|h| (h.slot, h.member));
     hs
 }
 
 fn report_of(h: &WorkerHandle) -> WorkerReport {
-    h.report
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .unwrap_or_default()
+    h.report.lock_unpoisoned().clone().unwrap_or_default()
 }
 
 /// `/status`.
@@ -386,11 +382,7 @@ pub(crate) fn readiness(shared: &Shared) -> (bool, &'static str) {
     if shared.config.adapter == crate::config::AdapterKind::Redis
         && !ready.iter().any(|h| {
             // Before its first report a worker just connected to Redis (it does so to start).
-            h.report
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_none_or(|r| r.bus_up)
+            h.report.lock_unpoisoned().as_ref().is_none_or(|r| r.bus_up)
         })
     {
         return (false, "the Redis connection is down");
@@ -401,7 +393,7 @@ pub(crate) fn readiness(shared: &Shared) -> (bool, &'static str) {
 /// The health check's status and JSON body (`/readyz`, and `--health-path` on the main port).
 pub(crate) fn health(shared: &Shared) -> (u16, String) {
     let (ok, why) = readiness(shared);
-    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+    let roster = shared.roster.read_unpoisoned();
     let ready = roster.count(Phase::Ready);
     let total = roster.iter().count();
     drop(roster);

@@ -14,6 +14,7 @@
 //! 4. **drain**: on SIGTERM/SIGINT stop accepting, let workers finish within the drain timeout,
 //!    exit 0; a second signal forces the exit.
 
+use crate::sync::{LockExt, RwLockExt};
 pub mod accept;
 mod admin;
 pub mod balance;
@@ -164,13 +165,12 @@ pub(crate) struct Shared {
 
 /// Socket.IO sockets connected over all workers (every transport), from their last reports.
 fn roster_reports(shared: &Shared) -> u64 {
-    let roster = shared.roster.read().unwrap_or_else(|p| p.into_inner());
+    let roster = shared.roster.read_unpoisoned();
     roster
         .iter()
         .filter_map(|h| {
             h.report
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .lock_unpoisoned()
                 .as_ref()
                 .map(|r| r.namespaces.iter().map(|n| n.connected).sum::<u64>())
         })
@@ -194,14 +194,10 @@ impl Shared {
     /// balancer's choice among ready workers with room. `head` is `None` when the first request
     /// cannot be read (TLS).
     pub fn route(&self, head: Option<&RequestHead>, client: Option<IpAddr>) -> Decision {
-        let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
+        let roster = self.roster.read_unpoisoned();
         let mut unknown_sid = false;
         if let Some(sid) = head.and_then(|h| h.sid.as_ref()) {
-            let owner = self
-                .sids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .owner(sid);
+            let owner = self.sids.lock_unpoisoned().owner(sid);
             if let Some(h) = owner.and_then(|m| roster.get(m)).filter(|h| h.is_alive()) {
                 return Decision::Serve(h.clone(), metrics::RouteReason::Sid);
             }
@@ -254,14 +250,14 @@ impl Shared {
     /// A worker that can still receive a descriptor (below its descriptor capacity), least
     /// loaded first: where a TLS connection over a cap goes to be answered 503.
     pub fn any_with_descriptors(&self) -> Option<Arc<WorkerHandle>> {
-        let roster = self.roster.read().unwrap_or_else(|p| p.into_inner());
+        let roster = self.roster.read_unpoisoned();
         let (_, handles) = roster.candidates(u64::MAX);
         handles.into_iter().min_by_key(|h| h.load())
     }
 
     /// One-line summary of the cluster (logged periodically, and systemd's STATUS=).
     pub fn status(&self) -> String {
-        let roster = self.roster.read().unwrap();
+        let roster = self.roster.read_unpoisoned();
         let ready = roster.count(Phase::Ready);
         let draining = roster.count(Phase::Draining);
         let starting = roster.count(Phase::Starting);
@@ -271,7 +267,7 @@ impl Shared {
         format!(
             "workers: {ready}/{} ready, {starting} starting, {draining} draining; Socket.IO sockets: {sockets}; polling sessions routed: {}; connections: {} ({} routed on accept); bus: {} relayed, {} dropped",
             self.config.workers.resolve(),
-            self.sids.lock().unwrap().len(),
+            self.sids.lock_unpoisoned().len(),
             self.stats.handed.load(std::sync::atomic::Ordering::Relaxed),
             self.stats
                 .on_accept

@@ -11,6 +11,7 @@
 //! - **systemd**: READY/RELOADING/STOPPING/STATUS notifications, and WATCHDOG only while every
 //!   worker answers heartbeats.
 
+use crate::sync::{LockExt, RwLockExt};
 use std::ffi::OsString;
 use std::io::Write;
 use std::sync::Arc;
@@ -287,14 +288,20 @@ impl Primary {
     /// Drains every worker within the drain timeout; a second signal or the timeout kills them.
     async fn drain_all(&mut self) {
         let timeout = Duration::from_millis(self.config.drain_timeout_ms);
-        let handles: Vec<_> = self.shared.roster.read().unwrap().iter().cloned().collect();
+        let handles: Vec<_> = self
+            .shared
+            .roster
+            .read_unpoisoned()
+            .iter()
+            .cloned()
+            .collect();
         tracing::info!(workers = handles.len(), ?timeout, "draining workers");
         for h in &handles {
             drain(h, timeout, false);
         }
         let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(500);
         let forced = loop {
-            if self.shared.roster.read().unwrap().iter().next().is_none() {
+            if self.shared.roster.read_unpoisoned().iter().next().is_none() {
                 break false;
             }
             tokio::select! {
@@ -320,7 +327,7 @@ impl Primary {
     /// Handles exit events until no worker is left or `within` passed.
     async fn reap(&mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while self.shared.roster.read().unwrap().iter().next().is_some() {
+        while self.shared.roster.read_unpoisoned().iter().next().is_some() {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(ev)) => self.on_event(ev).await,
                 _ => break,
@@ -421,8 +428,7 @@ impl Primary {
             let old: Vec<Arc<WorkerHandle>> = self
                 .shared
                 .roster
-                .read()
-                .unwrap()
+                .read_unpoisoned()
                 .iter()
                 .filter(|h| h.slot == slot && h.phase() != Phase::Draining)
                 .cloned()
@@ -449,7 +455,7 @@ impl Primary {
                         slot,
                         "{why}: the new worker did not become ready; keeping the old one"
                     );
-                    if let Some(h) = self.shared.roster.read().unwrap().get(new) {
+                    if let Some(h) = self.shared.roster.read_unpoisoned().get(new) {
                         h.set_phase(Phase::Draining);
                         h.kill();
                     }
@@ -521,8 +527,7 @@ impl Primary {
     fn member_phase(&self, member: MemberId) -> Option<Phase> {
         self.shared
             .roster
-            .read()
-            .unwrap()
+            .read_unpoisoned()
             .get(member)
             .map(|h| h.phase())
     }
@@ -537,7 +542,13 @@ impl Primary {
         // stricter than the timeout after which a silent worker is killed.
         let fresh = Duration::from_millis(cfg.heartbeat_interval_ms.saturating_mul(3).max(500));
         let mut all_answer = true;
-        let handles: Vec<_> = self.shared.roster.read().unwrap().iter().cloned().collect();
+        let handles: Vec<_> = self
+            .shared
+            .roster
+            .read_unpoisoned()
+            .iter()
+            .cloned()
+            .collect();
         for h in &handles {
             match h.phase() {
                 Phase::Starting if h.started.elapsed() > ready_timeout => {
@@ -549,7 +560,7 @@ impl Primary {
                     h.kill_for(RestartCause::StartTimeout);
                 }
                 Phase::Ready | Phase::Draining => {
-                    let silent = h.last_heartbeat.lock().unwrap().elapsed();
+                    let silent = h.last_heartbeat.lock_unpoisoned().elapsed();
                     if silent > fresh {
                         all_answer = false;
                     }
@@ -594,7 +605,7 @@ impl Primary {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.ready_timeout_ms);
         loop {
-            let ready = self.shared.roster.read().unwrap().count(Phase::Ready);
+            let ready = self.shared.roster.read_unpoisoned().count(Phase::Ready);
             if ready >= n {
                 tracing::info!(workers = n, "all workers ready");
                 return Ok(true);
@@ -611,8 +622,7 @@ impl Primary {
                     let slot = self
                         .shared
                         .roster
-                        .read()
-                        .unwrap()
+                        .read_unpoisoned()
                         .iter()
                         .find(|h| h.phase() != Phase::Ready)
                         .map(|h| h.slot)
@@ -645,13 +655,13 @@ impl Primary {
     }
 
     fn kill_all(&self) {
-        for h in self.shared.roster.read().unwrap().iter() {
+        for h in self.shared.roster.read_unpoisoned().iter() {
             h.kill();
         }
     }
 
     fn log_ready(&self, member: MemberId) {
-        if let Some(h) = self.shared.roster.read().unwrap().get(member) {
+        if let Some(h) = self.shared.roster.read_unpoisoned().get(member) {
             tracing::info!(
                 slot = h.slot,
                 pid = h.pid,
@@ -721,8 +731,7 @@ impl Primary {
     fn slot_is_served(&self, slot: usize) -> bool {
         self.shared
             .roster
-            .read()
-            .unwrap()
+            .read_unpoisoned()
             .iter()
             .any(|h| h.slot == slot && matches!(h.phase(), Phase::Starting | Phase::Ready))
     }
@@ -737,9 +746,9 @@ impl Primary {
 
     /// Removes an exited worker everywhere; returns its handle (with the phase it had).
     fn forget(&self, member: MemberId) -> Option<Arc<WorkerHandle>> {
-        let h = self.shared.roster.write().unwrap().remove(member)?;
+        let h = self.shared.roster.write_unpoisoned().remove(member)?;
         self.shared.caps.forget_worker(&h.per_ip);
-        let purged = self.shared.sids.lock().unwrap().purge(member);
+        let purged = self.shared.sids.lock_unpoisoned().purge(member);
         if purged > 0 {
             tracing::info!(
                 slot = h.slot,
@@ -762,7 +771,7 @@ impl Primary {
             self.generation,
             tx,
         ));
-        self.shared.roster.write().unwrap().insert(handle.clone());
+        self.shared.roster.write_unpoisoned().insert(handle.clone());
         link::start(self.shared.clone(), handle.clone(), spawned.ctl, rx)?;
         spawned
             .bus

@@ -1,5 +1,6 @@
 //! The worker's end of the control channel: requests to the primary and their replies.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,12 +71,12 @@ impl Control {
     async fn request(&self, build: impl FnOnce(u64) -> ToPrimary) -> Result<ToWorker, WorkerError> {
         let req = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().unwrap().insert(req, tx);
+        self.inner.pending.lock_unpoisoned().insert(req, tx);
         self.send(build(req), None);
         match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             _ => {
-                self.inner.pending.lock().unwrap().remove(&req);
+                self.inner.pending.lock_unpoisoned().remove(&req);
                 Err(WorkerError::PrimaryUnresponsive)
             }
         }
@@ -125,7 +126,7 @@ impl Control {
 
     /// Delivers a reply to the request waiting for it.
     pub fn resolve(&self, req: u64, reply: ToWorker) {
-        if let Some(tx) = self.inner.pending.lock().unwrap().remove(&req) {
+        if let Some(tx) = self.inner.pending.lock_unpoisoned().remove(&req) {
             let _ = tx.send(reply);
         }
     }

@@ -12,6 +12,7 @@
 //! Each expired session is unregistered, which keeps the primary's table to the live polling
 //! sessions.
 
+use crate::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ impl Leases {
     /// Records a new session.
     pub fn insert(&self, sid: SessionId) {
         let now = Instant::now();
-        self.map.lock().unwrap().insert(
+        self.map.lock_unpoisoned().insert(
             sid,
             Lease {
                 registered: now,
@@ -56,7 +57,7 @@ impl Leases {
 
     /// Marks `sid` active; false if it is not registered here.
     pub fn touch(&self, sid: &SessionId) -> bool {
-        match self.map.lock().unwrap().get_mut(sid) {
+        match self.map.lock_unpoisoned().get_mut(sid) {
             Some(l) => {
                 l.last_seen = Instant::now();
                 true
@@ -67,7 +68,7 @@ impl Leases {
 
     /// Forgets `sid`; true if it was registered.
     pub fn remove(&self, sid: &SessionId) -> bool {
-        self.map.lock().unwrap().remove(sid).is_some()
+        self.map.lock_unpoisoned().remove(sid).is_some()
     }
 
     /// Removes and returns the sessions that no longer need routing. `has_socket` tells whether
@@ -79,7 +80,7 @@ impl Leases {
     ) -> Vec<SessionId> {
         let now = Instant::now();
         let mut expired = Vec::new();
-        self.map.lock().unwrap().retain(|sid, l| {
+        self.map.lock_unpoisoned().retain(|sid, l| {
             let connected = has_socket(sid);
             l.had_socket |= connected;
             let closed = !connected
@@ -98,7 +99,7 @@ impl Leases {
     /// Number of sessions registered.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap().len()
+        self.map.lock_unpoisoned().len()
     }
 }
 

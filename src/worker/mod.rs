@@ -6,6 +6,7 @@
 //! (`session`). It exits when the primary tells it to drain, or as soon as the primary is gone
 //! (control channel end of file, or `PR_SET_PDEATHSIG`).
 
+use crate::sync::LockExt;
 pub(crate) mod body;
 pub(crate) mod control;
 pub(crate) mod events;
@@ -273,10 +274,7 @@ impl WorkerShared {
     /// Accounts for a connection that finished (`counted_ip`: from its manifest).
     pub fn conn_closed(&self, counted_ip: Option<std::net::IpAddr>) {
         if let Some(ip) = counted_ip {
-            self.closed_ips
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(ip);
+            self.closed_ips.lock_unpoisoned().push(ip);
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.closed_total.fetch_add(1, Ordering::Relaxed);
@@ -631,8 +629,7 @@ fn spawn_reporters(
             ticks += 1;
             let capacity = nofile.saturating_sub(extra + FD_MARGIN);
             let closed = s.closed_total.load(Ordering::Relaxed);
-            let closed_ips =
-                std::mem::take(&mut *s.closed_ips.lock().unwrap_or_else(|p| p.into_inner()));
+            let closed_ips = std::mem::take(&mut *s.closed_ips.lock_unpoisoned());
             if (closed, capacity) != last || !closed_ips.is_empty() {
                 last = (closed, capacity);
                 // Split so each message stays under the channel's size limit.

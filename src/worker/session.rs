@@ -21,6 +21,7 @@
 //! Every request also gets the client's address as a [`ClientAddr`] extension (from a trusted
 //! proxy's `X-Forwarded-For` with `--trusted-proxies`).
 
+use crate::sync::LockExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -370,7 +371,7 @@ where
     let res = local(inner, req, conn).await;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The session now lives on this websocket: it stops needing routing when it closes.
-        *conn.end.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(sid);
+        *conn.end.upgraded.lock_unpoisoned() = Some(sid);
     }
     // The engine no longer knows this session: stop routing it here.
     if res.status() == StatusCode::BAD_REQUEST && shared.leases.remove(&sid) {

@@ -7,6 +7,7 @@
 //! no longer needs routing). It also counts the bytes of client connections for `/metrics`
 //! (one relaxed atomic add per read or write).
 
+use crate::sync::LockExt;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -71,12 +72,7 @@ impl<IO> Tracked<IO> {
 impl<IO> Drop for Tracked<IO> {
     fn drop(&mut self) {
         self.shared.conn_closed(self.counted_ip);
-        let upgraded = self
-            .end
-            .upgraded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let upgraded = self.end.upgraded.lock_unpoisoned().take();
         if let Some(sid) = upgraded
             && self.shared.leases.remove(&sid)
         {
