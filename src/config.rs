@@ -4,7 +4,7 @@
 //! systemd unit's `Environment=` lines or from the command line. Workers are re-executed with
 //! the primary's arguments and environment, so they parse the very same configuration; with
 //! `--config-file` the primary adds that file's variables, read again on every reload
-//! ([`config_file`](crate::config_file)).
+//! (README, "Config file").
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

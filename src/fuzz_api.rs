@@ -1,7 +1,9 @@
 //! Entry points for the `cargo fuzz` targets in `fuzz/`, and nothing else.
 //!
 //! Compiled only with `--cfg fuzzing` (which cargo-fuzz sets for every crate it builds), so it
-//! is never part of the normal library. It re-exports the door parsers, which are crate-private,
+//! is never part of the normal library. It re-exports the parsers, decoders and tables the targets
+//! drive (the door, the IPC frames and messages, the head parser, balancer and session table), which
+//! are crate-private,
 //! and wraps the crate-private adapter wire peeks in functions returning plain tuples. It has no
 //! logic of its own: the targets must exercise the code the cluster runs.
 
@@ -12,6 +14,12 @@ pub use crate::door::proxy_protocol::{
     MAX_HEADER as MAX_PROXY_HEADER, MAX_V1 as MAX_PROXY_V1, ProxyError, ProxyHeader, ProxyParse,
     parse as parse_proxy_header,
 };
+pub use crate::ipc::bus::{BusDown, BusUp};
+pub use crate::ipc::frame::{FrameReader, MAX_FRAME, encode};
+pub use crate::ipc::message::{MemberId, ToPrimary, ToWorker};
+pub use crate::supervisor::balance::{Balancer, Candidate};
+pub use crate::supervisor::peek::{HeadRules, Parsed, parse_head};
+pub use crate::supervisor::sid_table::SidTable;
 
 /// `adapter::wire::peek_request`: `(node_id, id, kind, expects_responses)` of an encoded
 /// adapter request.

@@ -31,34 +31,41 @@
 //! }
 //! ```
 //!
-//! Modules follow the data: [`supervisor`] (accept → peek → route → hand off), [`worker`]
-//! (serve), [`adapter`] and [`ipc`] (relay).
+//! The public API is what an app needs: [`run`] or the [`Cluster`] builder, the [`Config`]
+//! (flags and `SIO_*` variables, in [`config`]), what each worker's setup receives
+//! ([`Worker`]: the `SocketIo`, [`WorkerInfo`], the [`ClusterHandle`]), the [`ClusterAdapter`]
+//! (in [`adapter`]) and the errors. The rest is private and may change in any release;
+//! ARCHITECTURE.md describes it, following the data: accept → peek → route → hand off → serve
+//! → relay.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod adapter;
 pub mod config;
-pub mod config_file;
+pub(crate) mod config_file;
 mod door;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzz_api;
-pub mod ipc;
+pub(crate) mod ipc;
 mod logging;
-pub mod sid;
-pub mod status;
-pub mod supervisor;
+mod sid;
+mod status;
+mod supervisor;
 mod sync;
-pub mod worker;
+mod worker;
 
 use std::future::Future;
 
 pub use adapter::ClusterAdapter;
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use door::forwarded::TrustedProxies;
 pub use door::tls::TlsError;
+pub use ipc::hello::WIRE_VERSION;
 pub use sid::SessionId;
-pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerInfo};
+pub use status::StatusError;
+pub use supervisor::SupervisorError;
+pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerError, WorkerInfo};
 
 /// Boxed error returned by user setup code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -204,3 +211,9 @@ where
 {
     Cluster::new(config).run(app)
 }
+
+/// README.md's code blocks, compiled as doctests (`cargo test --doc`), so its example keeps
+/// up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -8,10 +8,7 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use sio_cluster::config::Balance;
-use sio_cluster::ipc::message::MemberId;
-use sio_cluster::supervisor::balance::{Balancer, Candidate};
-use sio_cluster::supervisor::peek::{HeadRules, Parsed, parse_head};
-use sio_cluster::supervisor::sid_table::SidTable;
+use sio_cluster::fuzz_api::{Balancer, Candidate, HeadRules, MemberId, Parsed, SidTable, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     let rules = HeadRules {

@@ -13,10 +13,10 @@ use std::task::{Context, Poll, Waker};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sio_cluster::fuzz_api::{peek_adapter_ack_timeout, peek_adapter_request, peek_adapter_response};
-use sio_cluster::ipc::bus::{BusDown, BusUp};
-use sio_cluster::ipc::frame::{FrameReader, MAX_FRAME, encode};
-use sio_cluster::ipc::message::{ToPrimary, ToWorker};
+use sio_cluster::fuzz_api::{
+    BusDown, BusUp, FrameReader, MAX_FRAME, ToPrimary, ToWorker, encode, peek_adapter_ack_timeout,
+    peek_adapter_request, peek_adapter_response,
+};
 
 /// Frames declaring more than this are cut from the stream before the reader sees them: the
 /// reader allocates a declared length (up to `MAX_FRAME`) before reading, which is fine on the

@@ -6,7 +6,7 @@
 //! against [`ClusterAdapter`] and the `--adapter` flag picks the transport.
 
 mod ipc;
-pub mod redis;
+pub(crate) mod redis;
 mod tracker;
 pub(crate) mod wire;
 

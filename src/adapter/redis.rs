@@ -345,7 +345,7 @@ impl RedisBus {
     /// reconnect and health tasks.
     ///
     /// The stock driver keeps redis-rs's own connection timeout (1 s), which cannot be
-    /// configured through it: the primary's [`probe`] is what honours a longer `timeout`.
+    /// configured through it: the primary's start-up probe is what honours a longer `timeout`.
     pub async fn connect(
         url: &str,
         prefix: &str,

@@ -35,6 +35,10 @@ pub enum ConnOrigin {
 
 /// Why a new session is turned away (answered `503` with `Retry-After`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "each refusal is that something is full; the names read as such in logs and code"
+)]
 pub enum Refusal {
     /// Every worker holds `--max-connections-per-worker` connections, or as many as its
     /// descriptor limit allows.

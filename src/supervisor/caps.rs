@@ -105,6 +105,7 @@ impl Caps {
     }
 
     /// Addresses with at least one counted connection.
+    #[cfg(test)]
     pub fn counted_addresses(&self) -> usize {
         self.ips.lock_unpoisoned().len()
     }

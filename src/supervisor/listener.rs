@@ -14,15 +14,6 @@ use super::SupervisorError;
 /// First descriptor passed by systemd.
 const SD_LISTEN_FDS_START: RawFd = 3;
 
-/// Where the listening socket came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenSource {
-    /// Bound by us.
-    Bound,
-    /// Passed by systemd socket activation.
-    Activated,
-}
-
 /// Binds `addr` with `SO_REUSEADDR` and the given backlog.
 pub fn bind(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, SupervisorError> {
     let err = |what: &'static str| move |e| SupervisorError::Listen(addr.to_string(), what, e);

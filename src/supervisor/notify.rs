@@ -57,11 +57,6 @@ impl Notifier {
         Self { sock, watchdog }
     }
 
-    /// Whether a service manager listens.
-    pub fn enabled(&self) -> bool {
-        self.sock.is_some()
-    }
-
     /// The watchdog period systemd expects (`WatchdogSec=`), if any.
     pub fn watchdog(&self) -> Option<Duration> {
         self.watchdog

@@ -178,7 +178,9 @@ fn parse_slot_token(v: &str) -> Option<usize> {
     v.strip_prefix('w')?.parse().ok()
 }
 
-/// Waits until the first request head is complete (or fails), without consuming any byte.
+/// Waits until the first request head is complete (or fails), without consuming any byte
+/// (the accept loop does it in steps; the tests in one call).
+#[cfg(test)]
 pub async fn peek_head(
     stream: &TcpStream,
     rules: &HeadRules,

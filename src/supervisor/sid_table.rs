@@ -53,6 +53,7 @@ impl SidTable {
     }
 
     /// No session routed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

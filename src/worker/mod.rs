@@ -196,7 +196,7 @@ impl ClusterHandle {
     /// included, as the adapter counts them for requests.
     ///
     /// ```no_run
-    /// # async fn demo(cluster: sio_cluster::worker::ClusterHandle) {
+    /// # async fn demo(cluster: sio_cluster::ClusterHandle) {
     /// let n = cluster.server_count("/").await.unwrap_or(1);
     /// # let _ = n;
     /// # }
