@@ -22,7 +22,6 @@
 //! `{ok, name, room}` or `{error}`), `chat text`.
 
 use std::convert::Infallible;
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::header;
@@ -30,7 +29,7 @@ use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
 use sio_cluster::{ClusterAdapter, Config, Worker, WorkerInfo};
-use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::extract::{AckSender, Data, SocketRef, State};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
@@ -50,18 +49,6 @@ const ROOM_PREFIX: &str = "room:";
 /// the list of who is in R. (Room names hold no `:`.)
 const USER_ROOM_PREFIX: &str = "user:";
 
-struct Ctx {
-    io: SocketIo<A>,
-    info: WorkerInfo,
-}
-
-static CTX: OnceLock<Ctx> = OnceLock::new();
-
-fn ctx() -> &'static Ctx {
-    CTX.get()
-        .expect("worker context is set before namespaces are registered")
-}
-
 /// The name and room a socket joined with (socket extensions).
 #[derive(Clone)]
 struct Member {
@@ -72,20 +59,13 @@ struct Member {
 fn main() -> anyhow::Result<()> {
     let config = <Config as clap::Parser>::parse();
     // The page connects on the server's Engine.IO path (`--path`).
-    let page: &'static str = Box::leak(
-        INDEX_HTML
-            .replace("__SIO_PATH__", config.path.trim_end_matches('/'))
-            .into_boxed_str(),
-    );
+    let page = Html(INDEX_HTML.replace("__SIO_PATH__", config.path.trim_end_matches('/')));
+    // Handlers take what they need as extractors: `SocketIo` for broadcasts, and the
+    // `State<WorkerInfo>` every worker provides.
     sio_cluster::run(config, move |w: Worker| async move {
-        let Worker { io, info, .. } = w;
-        let _ = CTX.set(Ctx {
-            io: io.clone(),
-            info,
-        });
-        io.ns("/", on_connect.with(register_handlers)).await?;
+        w.io.ns("/", on_connect.with(register_handlers)).await?;
         Ok(axum::Router::new()
-            .route("/", get(move || async move { Html(page) }))
+            .route("/", get(move || async move { page }))
             .route(
                 "/assets/socket.io.min.js",
                 get(async || {
@@ -112,9 +92,8 @@ async fn register_handlers(s: SocketRef<A>) -> Result<(), Infallible> {
     Ok(())
 }
 
-async fn on_connect(s: SocketRef<A>) {
+async fn on_connect(s: SocketRef<A>, State(info): State<WorkerInfo>) {
     // Presence is per room: sent once the client joins one.
-    let info = &ctx().info;
     let welcome = json!({
         "worker": info.index,
         "workers": info.workers,
@@ -134,7 +113,7 @@ struct Join {
     room: String,
 }
 
-async fn on_join(s: SocketRef<A>, Data(join): Data<Join>, ack: AckSender<A>) {
+async fn on_join(s: SocketRef<A>, io: SocketIo<A>, Data(join): Data<Join>, ack: AckSender<A>) {
     let name: String = join
         .name
         .chars()
@@ -179,19 +158,24 @@ async fn on_join(s: SocketRef<A>, Data(join): Data<Join>, ack: AckSender<A>) {
     if let Some(old) = &previous
         && old.room != room
     {
-        system(&old.room, &format!("{} left", old.name), None).await;
-        broadcast_presence(&old.room, None).await;
+        system(&io, &old.room, &format!("{} left", old.name), None).await;
+        broadcast_presence(&io, &old.room, None).await;
     }
     let same = previous
         .as_ref()
         .is_some_and(|old| old.room == room && old.name == name);
     if !same {
-        system(&room, &format!("{name} joined"), None).await;
+        system(&io, &room, &format!("{name} joined"), None).await;
     }
-    broadcast_presence(&room, None).await;
+    broadcast_presence(&io, &room, None).await;
 }
 
-async fn on_chat(s: SocketRef<A>, Data(text): Data<String>) {
+async fn on_chat(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    State(info): State<WorkerInfo>,
+    Data(text): Data<String>,
+) {
     let Some(Member { name, room }) = s.extensions.get::<Member>() else {
         return;
     };
@@ -202,10 +186,9 @@ async fn on_chat(s: SocketRef<A>, Data(text): Data<String>) {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let msg = json!({ "name": name, "text": text, "worker": ctx().info.index, "ts": ts });
+    let msg = json!({ "name": name, "text": text, "worker": info.index, "ts": ts });
     // To every socket of the room on every worker, the sender included.
-    if let Err(e) = ctx()
-        .io
+    if let Err(e) = io
         .to(format!("{ROOM_PREFIX}{room}"))
         .emit("chat", &msg)
         .await
@@ -214,21 +197,25 @@ async fn on_chat(s: SocketRef<A>, Data(text): Data<String>) {
     }
 }
 
-async fn on_disconnect(s: SocketRef<A>) {
+async fn on_disconnect(s: SocketRef<A>, io: SocketIo<A>) {
     // The socket is still in its rooms while this runs: leave it out of the list and of the
     // recipients.
     if let Some(Member { name, room }) = s.extensions.get::<Member>() {
-        system(&room, &format!("{name} left"), Some(&s)).await;
-        broadcast_presence(&room, Some(&s)).await;
+        system(&io, &room, &format!("{name} left"), Some(&s)).await;
+        broadcast_presence(&io, &room, Some(&s)).await;
     }
 }
 
 /// Every socket of room `room` on every worker, or every one but `leaving`.
-fn recipients(room: &str, leaving: Option<&SocketRef<A>>) -> BroadcastOperators<A> {
+fn recipients(
+    io: &SocketIo<A>,
+    room: &str,
+    leaving: Option<&SocketRef<A>>,
+) -> BroadcastOperators<A> {
     let to = format!("{ROOM_PREFIX}{room}");
     match leaving {
         Some(s) => s.broadcast().to(to),
-        None => ctx().io.to(to),
+        None => io.to(to),
     }
 }
 
@@ -245,18 +232,18 @@ fn user_room(room: &str, sid: Sid, name: &str) -> String {
 }
 
 /// Everyone in `room` (but `leaving`) gets a `system` line.
-async fn system(room: &str, text: &str, leaving: Option<&SocketRef<A>>) {
-    if let Err(e) = recipients(room, leaving).emit("system", text).await {
+async fn system(io: &SocketIo<A>, room: &str, text: &str, leaving: Option<&SocketRef<A>>) {
+    if let Err(e) = recipients(io, room, leaving).emit("system", text).await {
         log_broadcast_error("system", e);
     }
 }
 
 /// Tells everyone in `room` who is in it across the cluster (every `user:ROOM:` room of every
 /// worker), leaving out a disconnecting socket.
-async fn broadcast_presence(room: &str, leaving: Option<&SocketRef<A>>) {
-    let recipients = recipients(room, leaving);
+async fn broadcast_presence(io: &SocketIo<A>, room: &str, leaving: Option<&SocketRef<A>>) {
+    let recipients = recipients(io, room, leaving);
     let leaving = leaving.map(|s| s.id.to_string());
-    let rooms = match ctx().io.rooms().await {
+    let rooms = match io.rooms().await {
         Ok(rooms) => rooms,
         Err(e) => return tracing::warn!("presence: {e}"),
     };

@@ -15,6 +15,12 @@
 //! Flags are the cluster's common ones (`--help`); the primary prints `listening on ADDR` once
 //! every worker is ready. Cross-worker operations all go through the cluster adapter.
 //!
+//! Besides the protocol, in the cluster: every HTTP response carries `x-testapp-layer: 1` (a
+//! tower layer over the worker's whole service); a draining worker emits `draining {pid}` to
+//! its clients before it closes their sessions, and logs `testapp worker: run returned after
+//! the drain` once `run` returns; `TESTAPP_SOCKETIO_PATH=/x` sets socketioxide's `req_path`
+//! behind the cluster's back (the worker must refuse to start).
+//!
 //! `--standalone` (or `TESTAPP_STANDALONE=1`) serves the very same handlers from ONE process
 //! instead: socketioxide's default `LocalAdapter`, a multi-thread tokio runtime on every core,
 //! hyper HTTP/1.1 on `--listen` (the stack a worker runs), the same engine flags. It is the
@@ -25,7 +31,6 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -38,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sio_cluster::{ClusterAdapter, ClusterHandle, Config, Worker};
 use socketioxide::SocketIo;
 use socketioxide::adapter::{Adapter, LocalAdapter};
-use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
+use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::RemoteSocket;
@@ -78,7 +83,9 @@ struct Cli {
     config: Config,
 }
 
-/// What the handlers need from the process (set once, before namespaces are registered).
+/// What the handlers need from the process: socketioxide state (`State<Ctx>`), and axum state
+/// for the HTTP routes.
+#[derive(Clone)]
 struct Ctx {
     /// `whoami`'s `worker`: the worker's slot index (`"0"` standalone).
     worker: String,
@@ -87,21 +94,33 @@ struct Ctx {
     /// The adapter's request timeout (zero standalone): how long past its own timeout a
     /// broadcast with ack may still deliver answers from other workers.
     request_timeout: Duration,
+    /// Memory deliberately held by `hog`.
+    hogged: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Ctx {
+    fn of(
+        info: &sio_cluster::WorkerInfo,
+        cluster: &ClusterHandle,
+        request_timeout: Duration,
+    ) -> Self {
+        Ctx {
+            worker: info.index.to_string(),
+            pid: info.pid,
+            servers: Servers::Cluster(cluster.clone()),
+            request_timeout,
+            hogged: Default::default(),
+        }
+    }
 }
 
 /// Where `server_count` comes from.
+#[derive(Clone)]
 enum Servers {
     /// Servers the cluster adapter's bus counts.
     Cluster(ClusterHandle),
     /// One process, nothing to count.
     Standalone,
-}
-
-static CTX: OnceLock<Ctx> = OnceLock::new();
-
-fn ctx() -> &'static Ctx {
-    CTX.get()
-        .expect("the process context is set before namespaces are registered")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,14 +129,34 @@ fn main() -> anyhow::Result<()> {
         return standalone::run(config);
     }
     let request_timeout = Duration::from_millis(config.request_timeout_ms);
-    sio_cluster::run(config, move |w: Worker| async move {
-        let Worker { io, info, cluster } = w;
-        let _ = CTX.set(Ctx {
-            worker: info.index.to_string(),
-            pid: info.pid,
-            servers: Servers::Cluster(cluster),
-            request_timeout,
-        });
+    // Set by the app's setup, which runs in workers only.
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_worker = served.clone();
+    let mut cluster = sio_cluster::Cluster::new(config)
+        .with_state_from(move |info, cluster| Ctx::of(info, cluster, request_timeout))
+        // Marks every response of the worker's whole service (tests of `Cluster::layer`).
+        .layer(tower::util::MapResponseLayer::new(
+            |mut r: http::Response<axum::body::Body>| {
+                r.headers_mut()
+                    .insert("x-testapp-layer", http::HeaderValue::from_static("1"));
+                r
+            },
+        ));
+    if let Ok(path) = std::env::var("TESTAPP_SOCKETIO_PATH") {
+        // A customisation that contradicts --path (tests of the settings check).
+        cluster = cluster.socketio(move |b| b.req_path(path));
+    }
+    cluster.run(move |w: Worker| async move {
+        in_worker.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Worker {
+            io,
+            info,
+            cluster,
+            shutdown,
+            ..
+        } = w;
+        let ctx = Ctx::of(&info, &cluster, request_timeout);
+        say_goodbye_on_drain(io.clone(), shutdown);
         for ns in NAMESPACES {
             io.ns(
                 ns,
@@ -129,13 +168,35 @@ fn main() -> anyhow::Result<()> {
             DYNAMIC_NAMESPACES,
             on_connect::<ClusterAdapter>.with(register_handlers::<ClusterAdapter>),
         )?;
-        Ok(routes())
+        Ok(routes(ctx))
     })?;
+    // In a worker, `run` returns once its drain is over (the primary returns at shutdown).
+    if served.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("testapp worker: run returned after the drain");
+    }
     Ok(())
 }
 
+/// When the worker starts draining, tells every client it serves (`draining {worker}`) before
+/// the worker closes the sessions, holding the drain ~100 ms so the event goes out first.
+fn say_goodbye_on_drain(io: SocketIo<ClusterAdapter>, shutdown: sio_cluster::Shutdown) {
+    let waiter = shutdown.clone();
+    shutdown.spawn(async move {
+        waiter.draining().await;
+        let worker = std::process::id();
+        for ns in NAMESPACES {
+            if let Some(op) = io.of(ns) {
+                let _ = op
+                    .emit("draining", &serde_json::json!({ "pid": worker }))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+}
+
 /// Plain HTTP routes next to Socket.IO (served by the workers like any request).
-fn routes() -> axum::Router {
+fn routes(ctx: Ctx) -> axum::Router {
     use axum::routing::{get, post};
     axum::Router::new()
         // Answers the request body (tests of body limits and timeouts on app routes).
@@ -143,16 +204,18 @@ fn routes() -> axum::Router {
         .route(
             "/whoami",
             get(
-                async |client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
+                async |axum::extract::State(ctx): axum::extract::State<Ctx>,
+                       client: Option<axum::Extension<sio_cluster::ClientAddr>>| {
                     let client = client.and_then(|c| c.0.0).map(|a| a.to_string());
                     axum::Json(serde_json::json!({
-                        "worker": ctx().worker,
-                        "pid": ctx().pid,
+                        "worker": ctx.worker,
+                        "pid": ctx.pid,
                         "client": client,
                     }))
                 },
             ),
         )
+        .with_state(ctx)
 }
 
 /// `--standalone`: the same app in one process, `LocalAdapter`, every core.
@@ -172,13 +235,17 @@ mod standalone {
     async fn serve(config: Config) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
 
-        let (layer, io) = config.engine_settings(SocketIo::builder()).build_layer();
-        let _ = CTX.set(Ctx {
+        let ctx = Ctx {
             worker: "0".into(),
             pid: std::process::id(),
             servers: Servers::Standalone,
             request_timeout: Duration::ZERO,
-        });
+            hogged: Default::default(),
+        };
+        let (layer, io) = config
+            .engine_settings(SocketIo::builder())
+            .with_state(ctx.clone())
+            .build_layer();
         for ns in NAMESPACES {
             // The local adapter initialises synchronously: nothing to await.
             io.ns(
@@ -190,7 +257,7 @@ mod standalone {
             DYNAMIC_NAMESPACES,
             on_connect::<LocalAdapter>.with(register_handlers::<LocalAdapter>),
         )?;
-        let svc = layer.layer(routes());
+        let svc = layer.layer(routes(ctx));
 
         let listener = bind(config.listen, config.backlog)?;
         let addr = listener.local_addr()?;
@@ -354,8 +421,7 @@ async fn on_emit_with_ack<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>) {
     }
 }
 
-async fn on_whoami<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
-    let ctx = ctx();
+async fn on_whoami<A: Adapter>(s: SocketRef<A>, State(ctx): State<Ctx>, ack: AckSender<A>) {
     // The client's address as the cluster sees it (PROXY header or trusted X-Forwarded-For
     // applied); standalone has none.
     let client = s
@@ -470,8 +536,8 @@ async fn on_rooms<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A
     }
 }
 
-async fn on_server_count<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
-    match &ctx().servers {
+async fn on_server_count<A: Adapter>(s: SocketRef<A>, State(ctx): State<Ctx>, ack: AckSender<A>) {
+    match &ctx.servers {
         Servers::Cluster(cluster) => match cluster.server_count(s.ns()).await {
             Ok(n) => send_ack(ack, &n),
             Err(e) => send_error(ack, "server_count", e),
@@ -489,7 +555,12 @@ async fn on_server_count<A: Adapter>(s: SocketRef<A>, ack: AckSender<A>) {
 /// are in or after the timeout plus the adapter's request timeout (a worker that answers late,
 /// after our own timeout, is still counted). A socket targeted but not heard from is a timeout;
 /// the sockets of a worker that answered neither within the request timeout are unknown here.
-async fn on_ack_all<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: AckSender<A>) {
+async fn on_ack_all<A: Adapter>(
+    s: SocketRef<A>,
+    State(ctx): State<Ctx>,
+    Data(args): Data<Args>,
+    ack: AckSender<A>,
+) {
     let timeout = Duration::from_millis(args.get(0).as_u64().unwrap_or(DEFAULT_ACK_ALL_MS));
     let targeted = async {
         match s.broadcast().fetch_sockets().await {
@@ -511,7 +582,7 @@ async fn on_ack_all<A: Adapter>(s: SocketRef<A>, Data(args): Data<Args>, ack: Ac
         let (mut acks, mut failed) = (0usize, 0usize);
         // The stream ends by itself; the margin only guards against one that never does.
         let deadline =
-            tokio::time::Instant::now() + timeout + ctx().request_timeout + Duration::from_secs(2);
+            tokio::time::Instant::now() + timeout + ctx.request_timeout + Duration::from_secs(2);
         loop {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some((_, Ok(_)))) => acks += 1,
@@ -726,14 +797,16 @@ async fn on_room_leave<A: Adapter>(
     }
 }
 
-/// Memory deliberately held by `hog` (a leak on purpose, for the memory-limit test).
-static HOGGED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-
-/// `hog` mb: grows this worker's resident memory by `mb` MiB (kept until the process exits).
-async fn on_hog<A: Adapter>(Data(args): Data<Args>, ack: AckSender<A>) {
+/// `hog` mb: grows this worker's resident memory by `mb` MiB (kept until the process exits:
+/// a leak on purpose, for the memory-limit test).
+async fn on_hog<A: Adapter>(State(ctx): State<Ctx>, Data(args): Data<Args>, ack: AckSender<A>) {
     let mb = args.get(0).as_u64().unwrap_or(0).min(1024) as usize;
     // Written, not just allocated, so the pages are resident.
-    HOGGED.lock().unwrap().push(vec![1u8; mb * 1024 * 1024]);
+    let block = vec![1u8; mb * 1024 * 1024];
+    ctx.hogged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(block);
     send_ack(ack, "ok");
 }
 

@@ -65,7 +65,10 @@ pub use ipc::hello::WIRE_VERSION;
 pub use sid::SessionId;
 pub use status::StatusError;
 pub use supervisor::SupervisorError;
-pub use worker::{ClientAddr, ClusterHandle, Worker, WorkerError, WorkerInfo};
+pub use worker::{
+    ClientAddr, ClusterHandle, HttpService, Shutdown, ShutdownGuard, Worker, WorkerError,
+    WorkerInfo,
+};
 
 /// Boxed error returned by user setup code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -87,21 +90,42 @@ pub enum Error {
     Exe(std::io::Error),
 }
 
-/// Builder for a cluster, when the socketioxide builder needs customising.
+/// Builder for a cluster: app state, socketioxide customisation, tower layers.
 ///
 /// ```no_run
+/// use std::sync::Arc;
+/// use sio_cluster::{ClusterAdapter, WorkerInfo};
+/// use socketioxide::extract::{SocketRef, State};
+///
+/// #[derive(Clone)]
+/// struct AppState {
+///     greeting: Arc<str>,
+/// }
+///
 /// # fn demo(config: sio_cluster::Config) -> Result<(), sio_cluster::Error> {
 /// sio_cluster::Cluster::new(config)
+///     .with_state(AppState { greeting: "hello".into() })
 ///     .socketio(|b| b.max_buffer_size(1024))
+///     // Every HTTP response of the worker, Socket.IO's polling included.
+///     .layer(tower::util::MapResponseLayer::new(|mut r: http::Response<axum::body::Body>| {
+///         r.headers_mut().insert("x-served-by", http::HeaderValue::from_static("sio-cluster"));
+///         r
+///     }))
 ///     .run(|w| async move {
-///         w.io.ns("/", async || {}).await?;
+///         w.io.ns(
+///             "/",
+///             async |s: SocketRef<ClusterAdapter>, State(app): State<AppState>, State(me): State<WorkerInfo>| {
+///                 let _ = s.emit("welcome", &format!("{} from worker {}", app.greeting, me.index));
+///             },
+///         )
+///         .await?;
 ///         Ok(axum::Router::new())
 ///     })
 /// # }
 /// ```
 pub struct Cluster {
     config: Config,
-    configure: Option<worker::Configure>,
+    setup: worker::Setup,
 }
 
 impl Cluster {
@@ -109,11 +133,15 @@ impl Cluster {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            configure: None,
+            setup: worker::Setup::default(),
         }
     }
 
-    /// Customises the socketioxide builder in every worker (state, parser, buffer sizes...).
+    /// Customises the socketioxide builder in every worker (buffer sizes, transports...).
+    /// Customisations apply in the order given, after the settings of the [`Config`]; one that
+    /// changes a setting the config owns (path, ping interval and timeout, payload limits, ack
+    /// and connect timeouts) stops the worker at start with an error naming the flag to use
+    /// instead, since the primary and every worker must agree on them.
     pub fn socketio(
         mut self,
         f: impl FnOnce(
@@ -121,7 +149,72 @@ impl Cluster {
         ) -> socketioxide::SocketIoBuilder<ClusterAdapter>
         + 'static,
     ) -> Self {
-        self.configure = Some(Box::new(f));
+        self.setup.configure.push(Box::new(move |b, _, _| f(b)));
+        self
+    }
+
+    /// App state for the handlers, taken with socketioxide's `State<S>` extractor (as axum's
+    /// `with_state`). Each worker process has its own copy: state shared across workers lives
+    /// in the rooms, the adapter or an outside store. Every worker also provides
+    /// `State<WorkerInfo>` and `State<ClusterHandle>`.
+    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Self {
+        self.socketio(move |b| b.with_state(state))
+    }
+
+    /// Like [`with_state`](Self::with_state), for state made in each worker from who it is and
+    /// the cluster handle (a pool sized by the worker count, a handle to count servers...).
+    ///
+    /// ```no_run
+    /// # fn demo(config: sio_cluster::Config) -> sio_cluster::Cluster {
+    /// #[derive(Clone)]
+    /// struct Me {
+    ///     label: String,
+    /// }
+    /// sio_cluster::Cluster::new(config)
+    ///     .with_state_from(|info, _cluster| Me { label: format!("worker {}/{}", info.index, info.workers) })
+    /// # }
+    /// ```
+    pub fn with_state_from<S, F>(mut self, make: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        F: FnOnce(&WorkerInfo, &ClusterHandle) -> S + 'static,
+    {
+        self.setup.configure.push(Box::new(move |b, info, cluster| {
+            b.with_state(make(info, cluster))
+        }));
+        self
+    }
+
+    /// Wraps each worker's whole HTTP service — Socket.IO's path with every transport, and the
+    /// app's axum routes — in a tower layer: CORS, tracing, compression, auth... (tower-http's
+    /// layers fit). Layers added later wrap the earlier ones, as in axum.
+    pub fn layer<L, B>(mut self, layer: L) -> Self
+    where
+        L: tower_layer::Layer<HttpService> + 'static,
+        L::Service: tower::Service<
+                http::Request<axum::body::Body>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = self.setup.wrap.take();
+        self.setup.wrap = Some(Box::new(move |svc: HttpService| {
+            use tower::ServiceExt;
+            let svc = match inner {
+                Some(inner) => inner(svc),
+                None => svc,
+            };
+            HttpService::new(
+                layer
+                    .layer(svc)
+                    .map_response(|r: http::Response<B>| r.map(axum::body::Body::new)),
+            )
+        }));
         self
     }
 
@@ -155,7 +248,7 @@ impl Cluster {
                     self.config.log_format,
                     self.config.log_level.as_deref(),
                 );
-                worker::run(env, self.config, self.configure, app).map_err(Error::from)
+                worker::run(env, self.config, self.setup, app).map_err(Error::from)
             }
             None => {
                 let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

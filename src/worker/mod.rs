@@ -12,11 +12,13 @@ pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod forward;
 pub(crate) mod lease;
+pub(crate) mod lifecycle;
 pub(crate) mod report;
 pub(crate) mod serve;
 pub(crate) mod session;
 pub(crate) mod tracked;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::str::FromStr;
@@ -40,6 +42,7 @@ use crate::ipc::message::{ConnManifest, MAX_SIDS_PER_MESSAGE, MemberId, ToPrimar
 use crate::sid::SessionId;
 use crate::supervisor::peek::slot_token;
 
+pub use lifecycle::{Shutdown, ShutdownGuard};
 pub use session::ClientAddr;
 
 use control::Control;
@@ -58,8 +61,34 @@ const FD_MARGIN: u64 = 32;
 /// Channel prefix of the IPC bus (one host, one app: no need to configure it).
 const IPC_PREFIX: &str = "socket.io";
 
-/// The service a worker runs for each connection: socketioxide in front of the user's routes.
-pub(crate) type AppService = SocketIoService<axum::Router, ClusterAdapter>;
+/// The service a worker runs for each connection: socketioxide in front of the user's routes,
+/// wrapped in the app's layers ([`crate::Cluster::layer`]).
+pub(crate) type AppService = tower::util::BoxCloneService<
+    http::Request<body::TimedBody>,
+    http::Response<axum::body::Body>,
+    Infallible,
+>;
+
+/// The worker's whole HTTP service as an app's tower layers see it
+/// ([`Cluster::layer`](crate::Cluster::layer)): Socket.IO (its path, every transport) in front of
+/// the app's axum routes.
+pub type HttpService = tower::util::BoxCloneService<
+    http::Request<axum::body::Body>,
+    http::Response<axum::body::Body>,
+    Infallible,
+>;
+
+/// Wraps the worker's HTTP service in the app's layers.
+pub(crate) type Wrap = Box<dyn FnOnce(HttpService) -> HttpService>;
+
+/// What `Cluster` hands a worker besides the config.
+#[derive(Default)]
+pub(crate) struct Setup {
+    /// socketioxide builder customisations, in order.
+    pub configure: Vec<Configure>,
+    /// The app's layers over the whole service.
+    pub wrap: Option<Wrap>,
+}
 
 /// Errors of a worker process.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +105,13 @@ pub enum WorkerError {
     /// The user's setup failed.
     #[error("app setup failed: {0}")]
     App(crate::BoxError),
+    /// `Cluster::socketio` changed settings the cluster owns (the primary routes by `--path`,
+    /// and all workers must agree).
+    #[error(
+        "Cluster::socketio changed settings the cluster sets from its flags: {0}. \
+         The primary and every worker must agree on them"
+    )]
+    Settings(String),
     /// The adapter could not start (e.g. Redis unreachable).
     #[error("adapter: {0}")]
     Adapter(String),
@@ -175,6 +211,7 @@ impl FromStr for WorkerEnv {
 /// # }
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Worker {
     /// The socketioxide handle: register namespaces with `io.ns(..)` (await it).
     pub io: SocketIo<ClusterAdapter>,
@@ -182,6 +219,9 @@ pub struct Worker {
     pub info: WorkerInfo,
     /// Cluster-wide facts the adapter knows (server count).
     pub cluster: ClusterHandle,
+    /// The worker's drain: wait for it, or hold the worker open while you finish
+    /// ([`Shutdown`]).
+    pub shutdown: Shutdown,
 }
 
 /// Asks the adapter's bus about the cluster; cheap to clone.
@@ -208,8 +248,9 @@ impl ClusterHandle {
     }
 }
 
-/// Identity of the current worker process.
+/// Identity of the current worker process; also a socketioxide state (`State<WorkerInfo>`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerInfo {
     /// Slot index, 0..workers.
     pub index: usize,
@@ -312,14 +353,19 @@ impl WorkerShared {
 }
 
 /// Type of the optional socketioxide builder customisation.
-pub(crate) type Configure =
-    Box<dyn FnOnce(SocketIoBuilder<ClusterAdapter>) -> SocketIoBuilder<ClusterAdapter>>;
+pub(crate) type Configure = Box<
+    dyn FnOnce(
+        SocketIoBuilder<ClusterAdapter>,
+        &WorkerInfo,
+        &ClusterHandle,
+    ) -> SocketIoBuilder<ClusterAdapter>,
+>;
 
 /// Runs this process as a worker until the primary stops it.
 pub(crate) fn run<F, Fut>(
     env: WorkerEnv,
     config: Config,
-    configure: Option<Configure>,
+    setup: Setup,
     app: F,
 ) -> Result<(), WorkerError>
 where
@@ -348,7 +394,7 @@ where
             .build()
     }
     .map_err(WorkerError::Runtime)?;
-    rt.block_on(main(env, config, configure, app, ctl, bus))
+    rt.block_on(main(env, config, setup, app, ctl, bus))
 }
 
 /// Takes ownership of an inherited descriptor and makes it close-on-exec again.
@@ -365,7 +411,7 @@ fn take_fd(fd: RawFd) -> Result<OwnedFd, WorkerError> {
 async fn main<F, Fut>(
     env: WorkerEnv,
     config: Config,
-    configure: Option<Configure>,
+    setup: Setup,
     app: F,
     ctl: OwnedFd,
     bus: OwnedFd,
@@ -425,28 +471,36 @@ where
         driver: driver.clone(),
         prefix: adapter_config.prefix.to_string(),
     };
-    let mut builder = builder
-        .with_adapter::<ClusterAdapter>(RedisAdapterCtr::new_with_driver(driver, adapter_config));
-    if let Some(configure) = configure {
-        builder = configure(builder);
-    }
-    let (layer, io): (SocketIoLayer<ClusterAdapter>, _) = builder.build_layer();
-
     let info = WorkerInfo {
         index: env.slot,
         workers: config.workers.resolve(),
         pid: std::process::id(),
         adapter: config.adapter,
     };
+    // Handlers can take `State<WorkerInfo>` and `State<ClusterHandle>`.
+    let mut builder = builder
+        .with_adapter::<ClusterAdapter>(RedisAdapterCtr::new_with_driver(driver, adapter_config))
+        .with_state(info.clone())
+        .with_state(cluster.clone());
+    let Setup { configure, wrap } = setup;
+    for configure in configure {
+        builder = configure(builder, &info, &cluster);
+    }
+    let (layer, io): (SocketIoLayer<ClusterAdapter>, _) = builder.build_layer();
+    check_engine_settings(&config, io.config())?;
+
+    let (drain, draining) = watch::channel(false);
+    let shutdown = Shutdown::new(draining);
     let bus = cluster.driver.clone();
     let router = app(Worker {
         io: io.clone(),
         info,
         cluster,
+        shutdown: shutdown.clone(),
     })
     .await
     .map_err(WorkerError::App)?;
-    let svc: AppService = layer.layer(router);
+    let svc: AppService = http_service(layer.layer(router), wrap);
 
     let cookie = config.sticky_cookie.as_ref().and_then(|name| {
         HeaderValue::from_str(&format!(
@@ -472,7 +526,6 @@ where
         trusted: config.trusted_proxies.clone(),
         body_timeout: Duration::from_millis(config.body_timeout_ms),
     };
-    let (drain, _) = watch::channel(false);
     let shared = Arc::new(WorkerShared {
         door,
         closed_ips: Default::default(),
@@ -498,12 +551,22 @@ where
     );
     spawn_reporters(&shared, &config, io.clone(), bus);
 
+    // Sent by the drain when it is over: the worker's `run` returns.
+    let (drained_tx, mut drained) = tokio::sync::oneshot::channel::<()>();
+    let mut drained_tx = Some(drained_tx);
     loop {
-        let (msg, fds, lost) = match ctl_rx.recv_partial().await {
+        let received = tokio::select! {
+            r = ctl_rx.recv_partial() => r,
+            _ = &mut drained => {
+                tracing::info!("drained; exiting");
+                return Ok(());
+            }
+        };
+        let (msg, fds, lost) = match received {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::info!("the primary is gone; exiting");
-                std::process::exit(0);
+                return Ok(());
             }
             Err(e) if e.is_recoverable() => {
                 tracing::warn!("dropped a bad message from the primary: {e}");
@@ -511,7 +574,7 @@ where
             }
             Err(e) => {
                 tracing::error!("control channel failed: {e}; exiting");
-                std::process::exit(1);
+                return Err(e.into());
             }
         };
         match msg {
@@ -549,49 +612,157 @@ where
                 timeout_ms,
                 handover,
             } => {
-                tokio::spawn(drain_and_exit(
+                let Some(done) = drained_tx.take() else {
+                    tracing::debug!("already draining");
+                    continue;
+                };
+                tokio::spawn(drain_worker(
                     shared.clone(),
                     io.clone(),
+                    shutdown.clone(),
                     Duration::from_millis(timeout_ms),
                     handover,
+                    done,
                 ));
             }
         }
     }
 }
 
-/// Drains this worker within `timeout`, then exits:
+/// Drains this worker within `timeout`, then tells the main loop to return:
 /// 1. HTTP connections finish the request in flight and are not kept alive (new sessions already
-///    go to other workers: the primary marked this one draining before telling it);
-/// 2. on a handover (reload), a short grace lets clients whose handshake was handed here just
-///    before finish connecting their namespaces;
+///    go to other workers: the primary marked this one draining before telling it), and the
+///    app's [`Shutdown::draining`] resolves;
+/// 2. the app's [`ShutdownGuard`]s are awaited, and on a handover (reload) a short grace lets
+///    clients whose handshake was handed here just before finish connecting their namespaces;
 /// 3. every Engine.IO session is closed at the transport (`io.close()`), which Socket.IO clients
 ///    treat as a lost connection: they reconnect at once, to the workers that stay;
-/// 4. the process exits once its connections are gone (or the time is up).
-async fn drain_and_exit(
+/// 4. the worker ends once its connections are gone (or the time is up).
+async fn drain_worker(
     shared: Arc<WorkerShared>,
     io: SocketIo<ClusterAdapter>,
+    shutdown: Shutdown,
     timeout: Duration,
     handover: bool,
+    done: tokio::sync::oneshot::Sender<()>,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
     tracing::info!(
         open = shared.open.load(Ordering::Relaxed),
         handover,
+        app_guards = shutdown.held(),
         "draining"
     );
     shared.drain.send_replace(true);
+    let settle = async {
+        if handover {
+            let settle = tokio::time::Instant::now() + DRAIN_SETTLE.min(timeout / 2);
+            tokio::time::sleep_until(settle).await;
+        }
+    };
+    let app = async {
+        if tokio::time::timeout_at(deadline, shutdown.released())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app_guards = shutdown.held(),
+                "the app still holds shutdown guards at the drain timeout; closing anyway"
+            );
+        }
+    };
+    tokio::join!(settle, app);
     if handover {
-        let settle = tokio::time::Instant::now() + DRAIN_SETTLE.min(timeout / 2);
-        tokio::time::sleep_until(settle).await;
         tracing::info!("closing every session so its client reconnects to another worker");
     }
     let _ = tokio::time::timeout_at(deadline, io.close()).await;
     while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!("drained; exiting");
-    std::process::exit(0);
+    let _ = done.send(());
+}
+
+/// The worker's service: socketioxide in front of `router`'s routes, inside the app's layers.
+fn http_service(
+    svc: SocketIoService<axum::Router, ClusterAdapter>,
+    wrap: Option<Wrap>,
+) -> AppService {
+    use tower::ServiceExt;
+    let base: HttpService = tower::util::BoxCloneService::new(ServiceExt::<
+        http::Request<axum::body::Body>,
+    >::map_response(
+        svc,
+        |r: http::Response<_>| r.map(axum::body::Body::new),
+    ));
+    let wrapped = match wrap {
+        Some(wrap) => wrap(base),
+        None => base,
+    };
+    tower::util::BoxCloneService::new(
+        wrapped.map_request(|r: http::Request<body::TimedBody>| r.map(axum::body::Body::new)),
+    )
+}
+
+/// Refuses to start when the app's socketioxide customisation changed a setting the cluster
+/// owns: the primary routes by `--path`, and every worker must agree with the flags.
+fn check_engine_settings(
+    config: &Config,
+    got: &socketioxide::SocketIoConfig,
+) -> Result<(), WorkerError> {
+    let (_, reference) = config.engine_settings(SocketIo::builder()).build_layer();
+    let want = reference.config();
+    let (w, g) = (&want.engine_config, &got.engine_config);
+    let mut changed: Vec<String> = Vec::new();
+    let mut check = |what: &str, flag: &str, differs: bool, value: String| {
+        if differs {
+            changed.push(format!("{what} (to {value}; set it with {flag} instead)"));
+        }
+    };
+    check(
+        "req_path",
+        "--path",
+        w.req_path != g.req_path,
+        format!("{:?}", g.req_path),
+    );
+    check(
+        "ping_interval",
+        "--ping-interval-ms",
+        w.ping_interval != g.ping_interval,
+        format!("{:?}", g.ping_interval),
+    );
+    check(
+        "ping_timeout",
+        "--ping-timeout-ms",
+        w.ping_timeout != g.ping_timeout,
+        format!("{:?}", g.ping_timeout),
+    );
+    check(
+        "max_payload / ws_max_message_size / ws_max_frame_size",
+        "--max-payload",
+        w.max_payload != g.max_payload
+            || w.ws_max_message_size != g.ws_max_message_size
+            || w.ws_max_frame_size != g.ws_max_frame_size,
+        format!(
+            "{} / {} / {}",
+            g.max_payload, g.ws_max_message_size, g.ws_max_frame_size
+        ),
+    );
+    check(
+        "ack_timeout",
+        "--ack-timeout-ms",
+        want.ack_timeout != got.ack_timeout,
+        format!("{:?}", got.ack_timeout),
+    );
+    check(
+        "connect_timeout",
+        "--connect-timeout-ms",
+        want.connect_timeout != got.connect_timeout,
+        format!("{:?}", got.connect_timeout),
+    );
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(WorkerError::Settings(changed.join(", ")))
 }
 
 fn spawn_reporters(
