@@ -277,3 +277,60 @@ fn unit_files_pass_systemd_analyze_verify() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An accept loop that is alive but no longer polled (injected at its first connection) is
+/// as bad as a dead one: systemd's watchdog stops being fed within a couple of seconds, and
+/// after the heartbeat timeout the primary drains its workers and exits non-zero on its own.
+#[test]
+fn a_stalled_accept_loop_stops_the_watchdog_and_ends_the_primary() {
+    let dir = temp_dir("stall");
+    let path = dir.join("notify.sock");
+    let inbox = Inbox::listen(&path);
+    let t0 = Instant::now();
+    let mut c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--heartbeat-interval-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "4000",
+    ])
+    .env("NOTIFY_SOCKET", path.display().to_string())
+    .env("WATCHDOG_USEC", "1000000")
+    .env("SIO_FAULT_ACCEPT_STALL", "1")
+    .spawn();
+    inbox
+        .wait_for(|m| m == "WATCHDOG=1", t0, Duration::from_secs(5))
+        .expect("the watchdog is fed while the accept loop beats");
+    let workers = c.worker_pids();
+    // The first connection wedges the loop.
+    let _conn = std::net::TcpStream::connect(c.addr).unwrap();
+    assert!(c.wait_log(
+        "accept loop stalled by SIO_FAULT_ACCEPT_STALL",
+        Duration::from_secs(5)
+    ));
+    let stalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(3500));
+    let fed = inbox.count(
+        |m| m == "WATCHDOG=1",
+        stalled + Duration::from_millis(2500),
+        stalled + Duration::from_millis(3500),
+    );
+    assert_eq!(fed, 0, "watchdog fed while nothing accepts");
+    let status = c
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the primary kept running:\n{}", c.logs()));
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(
+        c.logs().contains("the accept loop stopped answering"),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || workers
+            .iter()
+            .all(|p| !support::process_alive(*p))),
+        "workers outlived the primary"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

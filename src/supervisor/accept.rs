@@ -120,10 +120,18 @@ fn proxy_peek_error(e: ProxyError) -> PeekError {
 
 const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// Accepts until `stop` turns true.
 /// Environment variable that makes the accept loop panic at its first connection (a test hook).
 pub(crate) const FAULT_ACCEPT_PANIC: &str = "SIO_FAULT_ACCEPT_PANIC";
 
+/// Environment variable that makes the accept loop stop being polled at its first connection,
+/// without ending (a test hook: a wedged loop).
+pub(crate) const FAULT_ACCEPT_STALL: &str = "SIO_FAULT_ACCEPT_STALL";
+
+/// How often the accept loop beats (`Stats::accept_beats`), however busy: the primary feeds
+/// systemd's watchdog only while the beats come.
+pub(crate) const ACCEPT_BEAT: Duration = Duration::from_millis(250);
+
+/// Accepts until `stop` turns true.
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
@@ -145,10 +153,18 @@ pub(crate) async fn accept_loop(
     // Fault injection for the supervision test (tests/supervision.rs): the loop panics at its
     // first connection, as a bug would, and the primary must not keep running without it.
     let fault_panic = std::env::var_os(FAULT_ACCEPT_PANIC).is_some();
+    let fault_stall = std::env::var_os(FAULT_ACCEPT_STALL).is_some();
+    let mut beat = tokio::time::interval(ACCEPT_BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut ready = tokio::select! {
             biased;
             _ = until_true(&mut stop) => break,
+            // Before accepting, so a flood of connections cannot starve it.
+            _ = beat.tick() => {
+                shared.stats.accept_beats.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             r = listener.readable() => match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -161,6 +177,10 @@ pub(crate) async fn accept_loop(
             Ok(Ok((fd, peer))) => {
                 if fault_panic {
                     panic!("fault injected by {FAULT_ACCEPT_PANIC}");
+                }
+                if fault_stall {
+                    tracing::warn!("accept loop stalled by {FAULT_ACCEPT_STALL}");
+                    std::future::pending::<()>().await;
                 }
                 if let Some((fd, arrival)) = fast_path(&shared, fd, peer) {
                     to_task(&shared, fd, arrival, &mut last_warning);

@@ -140,6 +140,8 @@ pub(crate) struct Stats {
     pub bad_heads: AtomicU64,
     /// New sessions refused by a cap.
     pub refused: AtomicU64,
+    /// Beats of the accept loop ([`accept::ACCEPT_BEAT`]): it is alive and being polled.
+    pub accept_beats: AtomicU64,
 }
 
 /// State shared by the primary's tasks.

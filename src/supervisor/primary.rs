@@ -114,6 +114,8 @@ pub(super) struct Primary {
     generation: u64,
     /// The admin listener, if `--admin-listen` (kept so it serves until the primary exits).
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// The accept loop's last beat count seen and when it changed (once it runs).
+    accept_beat: Option<(u64, std::time::Instant)>,
 }
 
 impl Primary {
@@ -178,6 +180,7 @@ impl Primary {
             last_status: String::new(),
             generation: 0,
             admin: None,
+            accept_beat: None,
         })
     }
 
@@ -211,6 +214,7 @@ impl Primary {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut accept = tokio::spawn(accept::accept_loop(self.shared.clone(), listener, stop_rx));
+        self.accept_beat = Some((0, std::time::Instant::now()));
         // Set when the accept loop ends on its own (a panic or an error): the cluster cannot take
         // connections any more, so it drains and exits non-zero instead of feeding the watchdog.
         let mut accept_ended: Option<String> = None;
@@ -258,7 +262,21 @@ impl Primary {
                         break;
                     }
                 }
-                _ = self.tick.tick() => self.on_tick(),
+                _ = self.tick.tick() => {
+                    self.on_tick();
+                    // Alive but no longer polled: as bad as a panic, and the watchdog has
+                    // stopped already.
+                    let silent = self.accept_silence();
+                    if silent > Duration::from_millis(self.config.heartbeat_timeout_ms) {
+                        let why = format!("stopped answering ({} ms without a beat)", silent.as_millis());
+                        tracing::error!(
+                            "the accept loop {why}; draining the workers and exiting with an error"
+                        );
+                        accept.abort();
+                        accept_ended = Some(why);
+                        break;
+                    }
+                }
                 _ = status_tick.tick() => {
                     let now = self.shared.status();
                     if now != last_logged {
@@ -532,6 +550,19 @@ impl Primary {
             .map(|h| h.phase())
     }
 
+    /// Time since the accept loop last beat (zero before it starts).
+    fn accept_silence(&mut self) -> Duration {
+        let Some((seen, at)) = self.accept_beat else {
+            return Duration::ZERO;
+        };
+        let beats = self.shared.stats.accept_beats.load(Ordering::Relaxed);
+        if beats != seen {
+            self.accept_beat = Some((beats, std::time::Instant::now()));
+            return Duration::ZERO;
+        }
+        at.elapsed()
+    }
+
     /// Periodic checks: hung workers, memory limit, systemd watchdog and status.
     fn on_tick(&mut self) {
         let cfg = &self.config;
@@ -590,7 +621,9 @@ impl Primary {
             }
         }
         let ready = handles.iter().filter(|h| h.phase() == Phase::Ready).count();
-        if self.notifier.watchdog().is_some() && all_answer && ready > 0 {
+        // ... and while the accept loop beats.
+        let accepting = self.accept_silence() < accept::ACCEPT_BEAT * 8;
+        if self.notifier.watchdog().is_some() && all_answer && ready > 0 && accepting {
             self.notifier.watchdog_ping();
         }
         let status = self.shared.status();
