@@ -1,5 +1,7 @@
 //! Deploys: a reload (SIGHUP) starts workers from the binary now on disk with the config file
-//! read again, and a bad deploy (broken binary, bad config) never takes the serving cluster down.
+//! read again, and a bad deploy (broken binary, bad config, another build's wire protocol)
+//! never takes the serving cluster down. What happened is read from the typed lifecycle events
+//! (`GET /events` on the admin listener), not from log lines.
 
 mod support;
 
@@ -56,7 +58,14 @@ fn a_reload_reads_the_config_file_again() {
         "# settings\nSIO_WORKERS=2\nSIO_PING_INTERVAL_MS=21000\n",
     )
     .unwrap();
-    let mut c = Start::testapp(&["--config-file", file.to_str().unwrap()]).spawn();
+    let mut c = Start::testapp(&[
+        "--config-file",
+        file.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .spawn();
+    let events = c.events();
     // Read at start by the primary (worker count) and by the workers (engine settings).
     assert_eq!(c.worker_pids().len(), 2, "{}", c.logs());
     for _ in 0..4 {
@@ -67,7 +76,7 @@ fn a_reload_reads_the_config_file_again() {
     // the primary is kept, with a warning.
     std::fs::write(&file, "SIO_WORKERS=3\nSIO_PING_INTERVAL_MS=23000\n").unwrap();
     c.signal(libc::SIGHUP);
-    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    events.wait_for("reload_finished", 1, RELOAD);
     assert!(
         c.logs()
             .lines()
@@ -88,27 +97,25 @@ fn a_reload_reads_the_config_file_again() {
     )
     .unwrap();
     c.signal(libc::SIGHUP);
-    assert!(
-        c.wait_log("reload refused", Duration::from_secs(10)),
-        "{}",
-        c.logs()
-    );
-    assert!(c.logs().contains("--redis-prefix"), "{}", c.logs());
+    let refused = events.wait_for("reload_refused", 1, Duration::from_secs(10));
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("--redis-prefix"), "{reason}");
     // So does a file that does not parse; the error names the file and the line.
     std::fs::write(&file, "SIO_WORKERS=2\nthis is not a setting\n").unwrap();
     c.signal(libc::SIGHUP);
+    let refused = events.wait_for("reload_refused", 2, Duration::from_secs(10));
+    let reason = refused[1]["reason"].as_str().unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || c.count_log("reload refused")
-            >= 2),
-        "{}",
-        c.logs()
-    );
-    assert!(
-        c.logs().contains(&format!("{}:2:", file.display())),
-        "{}",
-        c.logs()
+        reason.contains(&format!("{}:2:", file.display())),
+        "{reason}"
     );
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        events.named("reload_finished").len(),
+        1,
+        "{:#?}",
+        events.all()
+    );
     assert_eq!(sorted(c.worker_pids()), pids, "workers were left alone");
     assert_eq!(ping_interval(&c), 23000);
     assert!(c.is_running());
@@ -125,9 +132,17 @@ fn a_reload_runs_the_binary_now_at_the_started_path() {
     let current = dir.path().join("current");
     std::os::unix::fs::symlink("v1", &current).unwrap();
 
-    let mut start = Start::testapp(&["--workers", "2", "--drain-timeout-ms", "2000"]);
+    let mut start = Start::testapp(&[
+        "--workers",
+        "2",
+        "--drain-timeout-ms",
+        "2000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     start.bin = current.join("testapp");
     let mut c = start.spawn();
+    let events = c.events();
     let v1 = std::fs::canonicalize(dir.path().join("v1").join("testapp")).unwrap();
     for pid in c.worker_pids() {
         assert_eq!(exe_of(pid), v1, "worker {pid}");
@@ -138,7 +153,7 @@ fn a_reload_runs_the_binary_now_at_the_started_path() {
     std::os::unix::fs::symlink("v2", &next).unwrap();
     std::fs::rename(&next, &current).unwrap();
     c.signal(libc::SIGHUP);
-    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
+    events.wait_for("reload_finished", 1, RELOAD);
     let v2 = std::fs::canonicalize(dir.path().join("v2").join("testapp")).unwrap();
     let pids = c.worker_pids();
     assert_eq!(pids.len(), 2);
@@ -150,11 +165,7 @@ fn a_reload_runs_the_binary_now_at_the_started_path() {
     install(&app, &v2);
     let inode = std::fs::metadata(&v2).unwrap().ino();
     c.signal(libc::SIGHUP);
-    assert!(
-        eventually(RELOAD, || c.count_log("reload finished") >= 2),
-        "{}",
-        c.logs()
-    );
+    events.wait_for("reload_finished", 2, RELOAD);
     let after = c.worker_pids();
     assert_eq!(after.len(), 2);
     for pid in &after {
@@ -180,9 +191,12 @@ fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
         "5000",
         "--drain-timeout-ms",
         "2000",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     start.bin = bin.clone();
     let mut c = start.spawn();
+    let events = c.events();
     let pids = sorted(c.worker_pids());
 
     // A bad deploy: the new binary dies at start.
@@ -193,34 +207,26 @@ fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
 
     // A reload keeps the old workers, slot by slot.
     c.signal(libc::SIGHUP);
-    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
-    assert_eq!(
-        c.count_log("the new worker did not become ready; keeping the old one"),
-        2,
-        "{}",
-        c.logs()
-    );
+    events.wait_for("reload_finished", 1, RELOAD);
+    let kept = events.named("reload_kept_worker");
+    assert_eq!(kept.len(), 2, "{:#?}", events.all());
     assert_eq!(sorted(c.worker_pids()), pids, "old workers kept");
     assert!(served(&c));
 
     // A worker that dies now cannot be restarted: its slot crash-loops with a growing
     // backoff while the other worker serves every new session.
-    let died = "worker died; restarting it in its slot";
-    assert_eq!(c.count_log(died), 0, "{}", c.logs());
+    assert!(
+        events.named("worker_restarting").is_empty(),
+        "{:#?}",
+        events.all()
+    );
     let victim = pids[1];
     // SAFETY: plain kill(2) of a worker this test's cluster started.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
-    assert!(
-        eventually(Duration::from_secs(15), || c.count_log(died) >= 4),
-        "{}",
-        c.logs()
-    );
-    let delays: Vec<u64> = c
-        .logs()
-        .lines()
-        .filter(|l| l.contains(died))
-        .filter_map(|l| l.split("restart_in_ms=").nth(1))
-        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+    let restarts = events.wait_for("worker_restarting", 4, Duration::from_secs(15));
+    let delays: Vec<u64> = restarts
+        .iter()
+        .filter_map(|e| e["restart_in_ms"].as_u64())
         .collect();
     assert!(delays.len() >= 4, "{delays:?}");
     assert!(
@@ -234,9 +240,9 @@ fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
 
     // The fixed binary comes back: the slot recovers on its own, no restart of the service.
     install(&app, &bin);
+    events.wait_for("worker_ready", 3, Duration::from_secs(20));
     assert!(
-        eventually(Duration::from_secs(20), || c.worker_pids().len() == 2
-            && c.logs().matches("worker ready slot=").count() >= 3),
+        eventually(Duration::from_secs(20), || c.worker_pids().len() == 2),
         "{}",
         c.logs()
     );
@@ -275,9 +281,12 @@ fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() 
         "10000",
         "--drain-timeout-ms",
         "2000",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     start.bin = bin.clone();
     let mut c = start.spawn();
+    let events = c.events();
     let pids = sorted(c.worker_pids());
     assert_eq!(pids.len(), 2);
 
@@ -285,9 +294,19 @@ fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() 
     // says hello, is refused in one line naming both versions, and the old worker stays.
     install(&next, &bin);
     c.signal(libc::SIGHUP);
-    assert!(c.wait_log("reload finished", RELOAD), "{}", c.logs());
-    let refused = "refused a worker of an incompatible build: it speaks wire protocol";
-    assert_eq!(c.count_log(refused), 2, "{}", c.logs());
+    events.wait_for("reload_finished", 1, RELOAD);
+    let refused = events.named("worker_refused");
+    assert_eq!(refused.len(), 2, "{:#?}", events.all());
+    for r in &refused {
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("wire protocol {NEXT_WIRE}")),
+            "{reason}"
+        );
+    }
+    // One log line per refused worker says it all.
+    let line = "refused a worker of an incompatible build: it speaks wire protocol";
+    assert_eq!(c.count_log(line), 2, "{}", c.logs());
     assert!(
         c.logs().contains(&format!(
             "it speaks wire protocol {NEXT_WIRE} (sio-cluster {}), this primary speaks 1",
@@ -302,10 +321,10 @@ fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() 
         c.logs()
     );
     assert_eq!(
-        c.count_log("the new worker did not become ready; keeping the old one"),
+        events.named("reload_kept_worker").len(),
         2,
-        "{}",
-        c.logs()
+        "{:#?}",
+        events.all()
     );
     assert_eq!(sorted(c.worker_pids()), pids, "old workers kept");
     for _ in 0..10 {
@@ -315,12 +334,13 @@ fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() 
     // A compatible build deployed next replaces both workers as usual.
     install(&app, &bin);
     c.signal(libc::SIGHUP);
-    assert!(
-        eventually(RELOAD, || c.count_log("reload finished") >= 2),
-        "{}",
-        c.logs()
+    events.wait_for("reload_finished", 2, RELOAD);
+    assert_eq!(
+        events.named("worker_refused").len(),
+        2,
+        "{:#?}",
+        events.all()
     );
-    assert_eq!(c.count_log(refused), 2, "{}", c.logs());
     let after = sorted(c.worker_pids());
     assert_eq!(after.len(), 2);
     assert!(

@@ -14,24 +14,8 @@ use support::{Cluster, Start, eventually, example_bin, http_once};
 
 const T: Duration = Duration::from_secs(10);
 
-/// The admin address the primary logged (`admin listener on ADDR`).
 fn admin_addr(c: &Cluster) -> SocketAddr {
-    assert!(
-        c.wait_log("admin listener on ", T),
-        "no admin listener line in the logs:\n{}",
-        c.logs()
-    );
-    let logs = c.logs();
-    let rest = logs
-        .split("admin listener on ")
-        .nth(1)
-        .expect("checked above");
-    let addr: String = rest
-        .chars()
-        .take_while(|ch| ch.is_ascii_digit() || *ch == '.' || *ch == ':')
-        .collect();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("admin address {addr:?}: {e}"))
+    c.admin_addr()
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -695,4 +679,57 @@ fn adapter_requests_that_time_out_are_counted() {
                 .collect::<Vec<_>>()
         );
     });
+}
+
+/// `GET /events` streams the lifecycle as typed JSON lines: history for a late follower, then
+/// live events, with increasing `seq`.
+#[test]
+fn the_events_stream_tells_the_lifecycle_in_order() {
+    let c = Start::testapp(&["--workers", "2", "--admin-listen", "127.0.0.1:0"]).spawn();
+    let head = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(c.admin_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+    };
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/x-ndjson"),
+        "{head}"
+    );
+    let events = c.events();
+    // The history: both workers started and became ready before the primary listened.
+    let listening = events.wait_for("listening", 1, T);
+    assert_eq!(listening[0]["addr"], c.addr.to_string());
+    let started = events.named("worker_started");
+    let ready = events.named("worker_ready");
+    assert_eq!((started.len(), ready.len()), (2, 2), "{:#?}", events.all());
+    let pids: Vec<u32> = ready
+        .iter()
+        .map(|e| e["pid"].as_u64().unwrap() as u32)
+        .collect();
+    let mut workers = c.worker_pids();
+    workers.sort_unstable();
+    let mut pids_sorted = pids.clone();
+    pids_sorted.sort_unstable();
+    assert_eq!(pids_sorted, workers);
+    // Live: a killed worker is seen exiting (not expected) and restarting, then ready again.
+    // SAFETY: kill(2) of a worker this test's cluster started.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let restarting = events.wait_for("worker_restarting", 1, T);
+    assert!(restarting[0]["restart_in_ms"].as_u64().is_some());
+    events.wait_for("worker_ready", 3, T);
+    let exited = events.named("worker_exited");
+    assert_eq!(exited.len(), 1, "{:#?}", events.all());
+    assert_eq!(exited[0]["pid"].as_u64(), Some(u64::from(pids[0])));
+    assert_eq!(exited[0]["expected"], false);
+    let seqs: Vec<u64> = events
+        .all()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }

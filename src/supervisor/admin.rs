@@ -7,6 +7,7 @@
 //! | `/readyz` | `200` when a worker is ready and the cluster is not draining, else `503`; JSON body |
 //! | `/status` | JSON: every worker (index, pid, generation, state, uptime, connections, sessions, RSS, restarts), adapter, draining, version |
 //! | `/metrics` | Prometheus / OpenMetrics text for the whole cluster ([`metrics`](super::metrics)) |
+//! | `/events` | the lifecycle events ([`journal`](super::journal)) as JSON lines: the last ones, then each new one, for as long as the client stays |
 //!
 //! It runs on the primary's runtime, apart from the accept loop, and keeps answering during a
 //! drain (so a load balancer sees `/readyz` turn 503 from the first moment of SIGTERM). Each
@@ -17,8 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -40,6 +44,7 @@ pub(crate) fn start(
     let bound = std.local_addr().map_err(|e| listen_err("getsockname", e))?;
     let listener = tokio::net::TcpListener::from_std(std).map_err(|e| listen_err("register", e))?;
     let task = tokio::spawn(async move {
+        // Followers of `/events` stay connected: their connections end with the primary.
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -52,9 +57,14 @@ pub(crate) fn start(
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                    async move {
+                        if req.uri().path() == "/events" && req.method() == http::Method::GET {
+                            return Ok::<_, Infallible>(events(&shared));
+                        }
+                        Ok::<_, Infallible>(answer(&shared, &req).map(|b| b.boxed()))
+                    }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -67,6 +77,35 @@ pub(crate) fn start(
         }
     });
     Ok((task, bound))
+}
+
+/// `/events`: the journal's history, then its live feed, as one JSON object per line.
+fn events(shared: &Shared) -> Response<BoxBody<Bytes, Infallible>> {
+    let (history, live) = shared.journal.follow();
+    let live = futures_util::stream::unfold(live, |mut rx| async move {
+        match rx.recv().await {
+            Ok(line) => Some((line, rx)),
+            // A follower too slow for the feed: say so, and go on from the newest.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Some((format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n"), rx))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    let lines = futures_util::stream::iter(history)
+        .chain(live)
+        .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(line))));
+    let mut res = Response::new(BodyExt::boxed(StreamBody::new(lines)));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -112,7 +151,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /livez, /readyz, /status or /metrics\n".into(),
+            "not found: try /livez, /readyz, /status, /metrics or /events\n".into(),
         ),
     }
 }

@@ -137,7 +137,7 @@ fn rehome(shared: &Arc<Shared>, handle: &WorkerHandle, msg: ToWorker, fd: Option
 
 /// Reads the worker's first message, which must be a [`Hello`](crate::ipc::hello::Hello) of
 /// this build's wire protocol; otherwise logs why, kills the worker and returns `false`.
-async fn hello(handle: &WorkerHandle, rx: &mut Receiver<ToPrimary>) -> bool {
+async fn hello(shared: &Shared, handle: &WorkerHandle, rx: &mut Receiver<ToPrimary>) -> bool {
     use crate::ipc::hello::Mismatch;
     let refused = match rx.recv().await {
         Ok(Some((ToPrimary::Hello(hello), _))) => match hello.check() {
@@ -153,13 +153,21 @@ async fn hello(handle: &WorkerHandle, rx: &mut Receiver<ToPrimary>) -> bool {
         }
     };
     tracing::error!(slot = handle.slot, pid = handle.pid, worker = %handle.member, "{refused}");
+    shared
+        .journal
+        .record(super::journal::ClusterEvent::WorkerRefused {
+            slot: handle.slot,
+            pid: handle.pid,
+            worker: handle.member.to_string(),
+            reason: refused.to_string(),
+        });
     handle.kill();
     false
 }
 
 async fn read_loop(shared: Arc<Shared>, handle: Arc<WorkerHandle>, mut rx: Receiver<ToPrimary>) {
     let member = handle.member;
-    if !hello(&handle, &mut rx).await {
+    if !hello(&shared, &handle, &mut rx).await {
         let _ = shared.events.send(Event::LinkClosed(member));
         return;
     }

@@ -20,6 +20,7 @@ mod admin;
 pub mod balance;
 pub mod caps;
 pub mod hub;
+pub(crate) mod journal;
 pub mod link;
 pub mod listener;
 pub(crate) mod metrics;
@@ -156,6 +157,8 @@ pub(crate) struct Shared {
     /// Refused connections being answered 503 and drained ([`accept::MAX_LINGERING`]).
     pub lingering: Arc<Semaphore>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Lifecycle events, for `/events`.
+    pub journal: journal::Journal,
     pub stats: Stats,
     /// Connection caps and per-address counts.
     pub caps: caps::Caps,

@@ -27,6 +27,7 @@ use crate::ipc::message::{MemberId, ToWorker};
 
 use super::balance::Balancer;
 use super::hub::Hub;
+use super::journal::ClusterEvent;
 use super::metrics::RestartCause;
 use super::notify::Notifier;
 use super::peek::HeadRules;
@@ -155,6 +156,7 @@ impl Primary {
             lingering: Arc::new(Semaphore::new(accept::MAX_LINGERING)),
             events: tx,
             stats: Stats::default(),
+            journal: Default::default(),
             config: config.clone(),
         });
         Ok(Self {
@@ -197,7 +199,7 @@ impl Primary {
         if let Some(admin_addr) = self.config.admin_listen {
             // Before the workers: /livez answers, /readyz says 503 until one is ready.
             let (task, bound) = super::admin::start(self.shared.clone(), admin_addr)?;
-            tracing::info!(addr = %bound, "admin listener on {bound} (/livez /readyz /status /metrics)");
+            tracing::info!(addr = %bound, "admin listener on {bound} (/livez /readyz /status /metrics /events)");
             self.admin = Some(task);
         }
         for slot in 0..n {
@@ -224,6 +226,9 @@ impl Primary {
             let _ = out.flush();
         }
         tracing::info!(%addr, workers = n, "listening on {addr}");
+        self.shared.journal.record(ClusterEvent::Listening {
+            addr: addr.to_string(),
+        });
         self.last_status = self.shared.status();
         self.notifier.ready(&self.last_status);
 
@@ -248,6 +253,7 @@ impl Primary {
                     tracing::error!(
                         "the accept loop {why}; draining the workers and exiting with an error"
                     );
+                    self.shared.journal.record(ClusterEvent::AcceptLoopEnded { why: why.clone() });
                     accept_ended = Some(why);
                     break;
                 }
@@ -273,6 +279,7 @@ impl Primary {
                             "the accept loop {why}; draining the workers and exiting with an error"
                         );
                         accept.abort();
+                        self.shared.journal.record(ClusterEvent::AcceptLoopEnded { why: why.clone() });
                         accept_ended = Some(why);
                         break;
                     }
@@ -291,11 +298,13 @@ impl Primary {
         self.shared.metrics.draining.store(true, Ordering::Relaxed);
         self.stopping = true;
         self.notifier.stopping();
+        self.shared.journal.record(ClusterEvent::Draining);
         let _ = stop_tx.send(true);
         if accept_ended.is_none() {
             let _ = accept.await;
         }
         self.drain_all().await;
+        self.shared.journal.record(ClusterEvent::Stopped);
         if let Some(why) = accept_ended {
             return Err(SupervisorError::AcceptLoop(why));
         }
@@ -353,6 +362,15 @@ impl Primary {
         }
     }
 
+    /// Logs why a reload is refused and records it; returns `false` (the reload does not go on).
+    fn refuse_reload(&self, reason: String) -> bool {
+        tracing::error!("{reason}");
+        self.shared
+            .journal
+            .record(ClusterEvent::ReloadRefused { reason });
+        false
+    }
+
     /// With `--config-file`: reads it again for a reload. `false` when the reload must not go
     /// on (the file is unreadable or invalid, or changes a setting no reload can change); the
     /// error says which and what to do.
@@ -363,8 +381,9 @@ impl Primary {
             if let Some((cert, key)) = self.config.tls()
                 && let Err(e) = crate::door::tls::load(cert, key)
             {
-                tracing::error!("reload refused, workers unchanged: {e}; fix it and reload again");
-                return false;
+                return self.refuse_reload(format!(
+                    "reload refused, workers unchanged: {e}; fix it and reload again"
+                ));
             }
             return true;
         };
@@ -373,28 +392,27 @@ impl Primary {
         let (file, new) = match read {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(
+                return self.refuse_reload(format!(
                     "reload refused, workers unchanged: {e}; fix the file and reload again"
-                );
-                return false;
+                ));
             }
         };
         if let Some((cert, key)) = new.tls()
             && let Err(e) = crate::door::tls::load(cert, key)
         {
-            tracing::error!("reload refused, workers unchanged: {e}; fix it and reload again");
-            return false;
+            return self.refuse_reload(format!(
+                "reload refused, workers unchanged: {e}; fix it and reload again"
+            ));
         }
         let plan = ReloadPlan::new(&self.config, &new);
         if !plan.refused.is_empty() {
-            tracing::error!(
-                path = %path.display(),
+            return self.refuse_reload(format!(
                 "reload refused, workers unchanged: {} cannot change while the cluster runs (old \
                  and new workers would not see each other); restart the service to apply it, or \
-                 revert it and reload again",
-                plan.refused.join(", ")
-            );
-            return false;
+                 revert it and reload again (config file {})",
+                plan.refused.join(", "),
+                path.display()
+            ));
         }
         if !plan.kept.is_empty() {
             tracing::warn!(
@@ -414,6 +432,7 @@ impl Primary {
     async fn reload(&mut self) -> Wait {
         loop {
             tracing::info!("SIGHUP received: rolling reload of every worker");
+            self.shared.journal.record(ClusterEvent::ReloadStarted);
             self.notifier.reloading();
             if !self.reread_config_file() {
                 self.notifier.ready(&self.last_status);
@@ -431,6 +450,9 @@ impl Primary {
             self.last_status = self.shared.status();
             self.notifier.ready(&self.last_status);
             tracing::info!("reload finished: {}", self.last_status);
+            self.shared.journal.record(ClusterEvent::ReloadFinished {
+                status: self.last_status.clone(),
+            });
             if !std::mem::take(&mut self.reload_again) {
                 return Wait::Done;
             }
@@ -473,6 +495,9 @@ impl Primary {
                         slot,
                         "{why}: the new worker did not become ready; keeping the old one"
                     );
+                    self.shared
+                        .journal
+                        .record(ClusterEvent::ReloadKeptWorker { slot });
                     if let Some(h) = self.shared.roster.read_unpoisoned().get(new) {
                         h.set_phase(Phase::Draining);
                         h.kill();
@@ -695,13 +720,20 @@ impl Primary {
 
     fn log_ready(&self, member: MemberId) {
         if let Some(h) = self.shared.roster.read_unpoisoned().get(member) {
+            let startup_ms = h.started.elapsed().as_millis() as u64;
             tracing::info!(
                 slot = h.slot,
                 pid = h.pid,
                 worker = %member,
-                startup_ms = h.started.elapsed().as_millis() as u64,
+                startup_ms,
                 "worker ready"
             );
+            self.shared.journal.record(ClusterEvent::WorkerReady {
+                slot: h.slot,
+                pid: h.pid,
+                worker: member.to_string(),
+                startup_ms,
+            });
         }
     }
 
@@ -716,6 +748,13 @@ impl Primary {
                     return;
                 };
                 let expected = self.stopping || h.phase() == Phase::Draining;
+                self.shared.journal.record(ClusterEvent::WorkerExited {
+                    slot: h.slot,
+                    pid: h.pid,
+                    worker: member.to_string(),
+                    status: status.to_string(),
+                    expected,
+                });
                 if expected {
                     tracing::info!(slot = h.slot, pid = h.pid, %status, "worker exited");
                     return;
@@ -743,6 +782,11 @@ impl Primary {
                     restart_in_ms = delay.as_millis() as u64,
                     "worker died; restarting it in its slot"
                 );
+                self.shared.journal.record(ClusterEvent::WorkerRestarting {
+                    slot: h.slot,
+                    crashes: state.crashes,
+                    restart_in_ms: delay.as_millis() as u64,
+                });
                 self.respawn_later(h.slot, delay);
             }
             Event::Respawn(slot) => {
@@ -830,6 +874,12 @@ impl Primary {
             }
         });
         tracing::info!(slot, pid = spawned.pid, worker = %member, "worker started");
+        self.shared.journal.record(ClusterEvent::WorkerStarted {
+            slot,
+            pid: spawned.pid,
+            worker: member.to_string(),
+            generation: self.generation,
+        });
         Ok(member)
     }
 }

@@ -696,3 +696,98 @@ pub async fn refused_connect(cfg: sio_client::ClientConfig, why: &str) -> sio_cl
         Err(e) => e,
     }
 }
+
+impl Cluster {
+    /// The admin address the primary logged (`admin listener on ADDR`); the cluster must run
+    /// with `--admin-listen`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        assert!(
+            self.wait_log("admin listener on ", Duration::from_secs(10)),
+            "no admin listener line in the logs (start with --admin-listen 127.0.0.1:0):\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        let rest = logs
+            .split("admin listener on ")
+            .nth(1)
+            .expect("checked above");
+        let addr: String = rest
+            .chars()
+            .take_while(|ch| ch.is_ascii_digit() || *ch == '.' || *ch == ':')
+            .collect();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("admin address {addr:?}: {e}"))
+    }
+
+    /// Follows the cluster's lifecycle events (`GET /events` on the admin listener).
+    pub fn events(&self) -> Events {
+        Events::follow(self.admin_addr())
+    }
+}
+
+/// The cluster's typed lifecycle events, as `GET /events` streams them (one JSON object per
+/// line: `seq`, `event` and the event's fields), collected by a thread.
+#[derive(Clone)]
+pub struct Events {
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Events {
+    /// Connects to the admin listener at `admin` and starts collecting (history first).
+    pub fn follow(admin: SocketAddr) -> Events {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(admin).expect("admin listener");
+        write!(s, "GET /events HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            // Chunked transfer: every JSON line is a chunk; read lines of the raw stream and
+            // keep those that are JSON objects (chunk sizes and the head are not).
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let line = line.trim();
+                    if line.starts_with('{')
+                        && let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                    {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        Events { seen }
+    }
+
+    /// Every event collected so far.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The events named `name` collected so far.
+    pub fn named(&self, name: &str) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+
+    /// Waits until at least `n` events named `name` arrived; returns them.
+    pub fn wait_for(&self, name: &str, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let ok = eventually(timeout, || self.named(name).len() >= n);
+        let got = self.named(name);
+        assert!(
+            ok,
+            "{} `{name}` event(s) after {timeout:?}, wanted {n}; all events:\n{:#?}",
+            got.len(),
+            self.all()
+        );
+        got
+    }
+}
