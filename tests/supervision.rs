@@ -485,3 +485,47 @@ fn a_dead_accept_loop_ends_the_primary_with_an_error() {
         "workers outlived the primary"
     );
 }
+
+/// Every long-lived task of the primary is watched, not only the accept loop: a panic in a
+/// worker's bus relay (injected at the first broadcast) would leave broadcasts silently
+/// unrelayed, so the primary drains and exits non-zero with one line naming the task.
+#[test]
+fn a_panicking_bus_relay_ends_the_primary_with_an_error() {
+    let mut c = Start::testapp(&["--workers", "2"])
+        .env("SIO_FAULT_BUS_PANIC", "1")
+        .spawn();
+    let workers = c.worker_pids();
+    rt().block_on(async {
+        let cl = Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
+            .await
+            .unwrap();
+        // The broadcast's publish trips the injected panic in the primary's relay. The client
+        // stays until the primary goes (a client gone at once may never get its event handled).
+        let _ = cl.emit("/", "to_all", vec![json!("x")]).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while process_alive(c.pid) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        drop(cl);
+    });
+    let status = c.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "the primary kept running without its bus relay:\n{}",
+            c.logs()
+        )
+    });
+    assert!(!status.success(), "exit status {status:?}");
+    let logs = c.logs();
+    assert!(
+        logs.contains(
+            "the primary's bus relay reader task panicked: fault injected by SIO_FAULT_BUS_PANIC"
+        ),
+        "{logs}"
+    );
+    assert!(
+        eventually(T, || workers.iter().all(|p| !process_alive(*p))),
+        "workers outlived the primary"
+    );
+}

@@ -43,7 +43,7 @@ pub(crate) fn start(
         .map_err(|e| listen_err("set_nonblocking", e))?;
     let bound = std.local_addr().map_err(|e| listen_err("getsockname", e))?;
     let listener = tokio::net::TcpListener::from_std(std).map_err(|e| listen_err("register", e))?;
-    let task = tokio::spawn(async move {
+    let task = shared.tasks.clone().spawn("admin listener", async move {
         // Followers of `/events` stay connected: their connections end with the primary.
         loop {
             let (stream, peer) = match listener.accept().await {

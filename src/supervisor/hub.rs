@@ -85,6 +85,8 @@ pub struct Hub {
     dropped_bytes: AtomicU64,
     received: AtomicU64,
     received_bytes: AtomicU64,
+    /// Where the relay tasks are spawned, watched (set by the primary; plain tasks in tests).
+    tasks: std::sync::OnceLock<super::tasks::Tasks>,
 }
 
 enum Push {
@@ -104,7 +106,29 @@ impl Hub {
             dropped_bytes: AtomicU64::new(0),
             received: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
+            tasks: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs the relay tasks of the workers attached from now on under `tasks` (a panic in one
+    /// ends the primary).
+    pub(crate) fn watch_with(&self, tasks: super::tasks::Tasks) {
+        let _ = self.tasks.set(tasks);
+    }
+
+    fn spawn(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        match self.tasks.get() {
+            Some(tasks) => {
+                tasks.spawn(name, task);
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
     }
 
     /// Starts relaying for `member` on its bus socket.
@@ -127,13 +151,13 @@ impl Hub {
                 subs: HashSet::new(),
             },
         );
-        tokio::spawn(write_loop(
-            BufWriter::with_capacity(64 * 1024, wr),
-            rx,
-            outbox.queued,
-        ));
+        self.spawn(
+            "bus relay writer",
+            write_loop(BufWriter::with_capacity(64 * 1024, wr), rx, outbox.queued),
+        );
         let hub = self.clone();
-        tokio::spawn(async move {
+        let fault = std::env::var_os(super::tasks::FAULT_BUS_PANIC).is_some();
+        self.spawn("bus relay reader", async move {
             let mut reader = FrameReader::new(BufReader::with_capacity(64 * 1024, rd));
             loop {
                 match reader.next_raw().await {
@@ -142,6 +166,9 @@ impl Hub {
                         hub.received_bytes
                             .fetch_add(raw.len() as u64 + 4, Ordering::Relaxed);
                         match postcard::from_bytes::<BusUp<'_>>(raw) {
+                            Ok(BusUp::Publish { .. }) if fault => {
+                                panic!("fault injected by {}", super::tasks::FAULT_BUS_PANIC)
+                            }
                             Ok(up) => hub.on_frame(member, up),
                             Err(e) => {
                                 tracing::warn!(worker = %member, "bus read failed: cannot decode a frame: {e}");

@@ -71,6 +71,8 @@ pub(crate) enum ClusterEvent {
     Draining,
     /// The accept loop died or stalled: the primary ends with an error.
     AcceptLoopEnded { why: String },
+    /// Another long-lived task of the primary panicked: the primary ends with an error.
+    TaskPanicked { task: String, why: String },
     /// The primary is about to exit.
     Stopped,
 }

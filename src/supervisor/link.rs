@@ -29,8 +29,14 @@ pub(crate) fn start(
     queue: mpsc::Receiver<Outgoing>,
 ) -> Result<(), IpcError> {
     let (tx, rx) = channel::channel::<ToWorker, ToPrimary>(ctl)?;
-    tokio::spawn(write_loop(shared.clone(), handle.clone(), tx, queue));
-    tokio::spawn(read_loop(shared, handle, rx));
+    shared.tasks.spawn(
+        "control link writer",
+        write_loop(shared.clone(), handle.clone(), tx, queue),
+    );
+    shared
+        .tasks
+        .clone()
+        .spawn("control link reader", read_loop(shared, handle, rx));
     Ok(())
 }
 

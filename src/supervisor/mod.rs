@@ -30,6 +30,7 @@ mod primary;
 pub mod sid_table;
 pub mod slot;
 pub mod spawn;
+pub(crate) mod tasks;
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
@@ -95,6 +96,13 @@ pub enum SupervisorError {
          exited (a bug: please report it with the log above)"
     )]
     AcceptLoop(String),
+    /// Another long-lived task of the primary panicked (a control link, a bus relay, a worker's
+    /// waiter, the admin listener): the cluster drained and exits non-zero.
+    #[error(
+        "the primary's {0} task panicked: {1}; the cluster drained and exited (a bug: please \
+         report it with the log above)"
+    )]
+    TaskPanicked(&'static str, String),
 }
 
 /// What to do about a listening socket that cannot be set up.
@@ -126,6 +134,8 @@ pub(crate) enum Event {
     Exited(MemberId, std::process::ExitStatus),
     /// Time to start a worker in this slot again.
     Respawn(usize),
+    /// A long-lived task of the primary panicked ([`tasks`]): its name and message.
+    TaskPanicked(&'static str, String),
 }
 
 /// Counters of the primary.
@@ -159,6 +169,8 @@ pub(crate) struct Shared {
     pub events: mpsc::UnboundedSender<Event>,
     /// Lifecycle events, for `/events`.
     pub journal: journal::Journal,
+    /// Spawns the long-lived tasks, watched.
+    pub tasks: tasks::Tasks,
     pub stats: Stats,
     /// Connection caps and per-address counts.
     pub caps: caps::Caps,

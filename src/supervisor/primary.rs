@@ -33,6 +33,7 @@ use super::notify::Notifier;
 use super::peek::HeadRules;
 use super::slot::{CONTROL_QUEUE, Phase, WorkerHandle};
 use super::spawn::Spawner;
+use super::tasks::{Tasks, panic_text};
 use super::{Event, Shared, Stats, SupervisorError, accept, caps, link, nofile_limit};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -117,6 +118,8 @@ pub(super) struct Primary {
     admin: Option<tokio::task::JoinHandle<()>>,
     /// The accept loop's last beat count seen and when it changed (once it runs).
     accept_beat: Option<(u64, std::time::Instant)>,
+    /// A watched task that panicked: its name and message (the primary then ends).
+    task_failed: Option<(&'static str, String)>,
 }
 
 impl Primary {
@@ -154,11 +157,13 @@ impl Primary {
             balancer: Balancer::new(config.balance),
             pending: Arc::new(Semaphore::new(config.max_pending_heads)),
             lingering: Arc::new(Semaphore::new(accept::MAX_LINGERING)),
+            tasks: Tasks::new(tx.clone()),
             events: tx,
             stats: Stats::default(),
             journal: Default::default(),
             config: config.clone(),
         });
+        shared.hub.watch_with(shared.tasks.clone());
         Ok(Self {
             shared,
             config,
@@ -183,6 +188,7 @@ impl Primary {
             generation: 0,
             admin: None,
             accept_beat: None,
+            task_failed: None,
         })
     }
 
@@ -220,6 +226,7 @@ impl Primary {
         // Set when the accept loop ends on its own (a panic or an error): the cluster cannot take
         // connections any more, so it drains and exits non-zero instead of feeding the watchdog.
         let mut accept_ended: Option<String> = None;
+
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
@@ -237,6 +244,10 @@ impl Primary {
         status_tick.tick().await;
         let mut last_logged = String::new();
         loop {
+            // A watched task panicked (`tasks`), seen here or inside a reload's waits.
+            if self.task_failed.is_some() {
+                break;
+            }
             if let Some(slot) = self.rolls.pop() {
                 if self.roll(vec![slot], "memory limit").await == Wait::Stop {
                     break;
@@ -307,6 +318,9 @@ impl Primary {
         self.shared.journal.record(ClusterEvent::Stopped);
         if let Some(why) = accept_ended {
             return Err(SupervisorError::AcceptLoop(why));
+        }
+        if let Some((name, why)) = self.task_failed.take() {
+            return Err(SupervisorError::TaskPanicked(name, why));
         }
         tracing::info!("stopped");
         Ok(())
@@ -707,6 +721,10 @@ impl Primary {
                     });
                 }
                 Event::Ready(member) => self.log_ready(member),
+                Event::TaskPanicked(name, why) => {
+                    self.kill_all();
+                    return Err(SupervisorError::TaskPanicked(name, why));
+                }
                 Event::LinkClosed(_) | Event::Respawn(_) => {}
             }
         }
@@ -789,6 +807,17 @@ impl Primary {
                 });
                 self.respawn_later(h.slot, delay);
             }
+            Event::TaskPanicked(name, why) => {
+                tracing::error!(
+                    "the primary's {name} task panicked: {why}; draining the workers and exiting \
+                     with an error"
+                );
+                self.shared.journal.record(ClusterEvent::TaskPanicked {
+                    task: name.to_owned(),
+                    why: why.clone(),
+                });
+                self.task_failed.get_or_insert((name, why));
+            }
             Event::Respawn(slot) => {
                 if self.stopping || self.slot_is_served(slot) {
                     return;
@@ -859,7 +888,7 @@ impl Primary {
         let events = self.shared.events.clone();
         let mut child = spawned.child;
         let waiter = handle.clone();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn("worker waiter", async move {
             let status = loop {
                 tokio::select! {
                     status = child.wait() => break status,
@@ -910,14 +939,6 @@ fn drain(h: &WorkerHandle, timeout: Duration, handover: bool) {
 }
 
 /// The message of a panic payload (`&str` or `String`), or a placeholder.
-fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
