@@ -27,7 +27,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::adapter::wire;
-use crate::ipc::bus::{BusDown, BusUp, Member};
+use crate::ipc::bus::{BusDown, BusUp, Member, RequestMeta};
 use crate::ipc::frame::{self, FrameReader};
 use crate::ipc::message::MemberId;
 
@@ -209,112 +209,135 @@ impl Hub {
 
     fn on_frame(&self, from: MemberId, up: BusUp<'_>) {
         match up {
-            BusUp::Subscribe { chan } => {
-                let mut st = self.state.write_unpoisoned();
-                let Some(m) = st.members.get_mut(&from) else {
-                    return;
-                };
-                if m.subs.insert(chan.to_string()) {
-                    st.chans.entry(chan.into_owned()).or_default().push(from);
-                }
-            }
-            BusUp::Unsubscribe { chan } => {
-                let mut st = self.state.write_unpoisoned();
-                if let Some(m) = st.members.get_mut(&from) {
-                    m.subs.remove(chan.as_ref());
-                }
-                if let Some(list) = st.chans.get_mut(chan.as_ref()) {
-                    list.retain(|m| *m != from);
-                    if list.is_empty() {
-                        st.chans.remove(chan.as_ref());
-                    }
-                }
-            }
+            BusUp::Subscribe { chan } => self.subscribe(from, chan),
+            BusUp::Unsubscribe { chan } => self.unsubscribe(from, &chan),
             BusUp::Publish {
                 chan,
                 payload,
-                request,
-            } => {
-                let st = self.state.read_unpoisoned();
-                let Some(subs) = st.chans.get(chan.as_ref()) else {
-                    drop(st);
-                    if let Some(req) = request {
-                        for t in req.targets.iter() {
-                            self.undeliverable(from, &req.req_id, *t);
-                        }
-                    }
-                    return;
-                };
-                let frame = match frame::encode(&BusDown::Deliver {
-                    chan: Cow::Borrowed(&chan),
-                    payload,
-                }) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(worker = %from, "cannot relay a bus message: {e}");
-                        return;
-                    }
-                };
-                match &request {
-                    None => {
-                        // Read only if something is dropped: the request this is an answer to.
-                        let mut answers: Option<Option<&str>> = None;
-                        for to in subs.iter().filter(|m| **m != from) {
-                            if let Some(m) = st.members.get(to)
-                                && let Push::Dropped =
-                                    self.push(*to, &m.outbox, frame.clone(), false)
-                                && let Some(req_id) = *answers.get_or_insert_with(|| {
-                                    chan.contains("-response#")
-                                        .then(|| wire::peek_response(payload))
-                                        .flatten()
-                                        .map(|h| h.req_id)
-                                })
-                            {
-                                self.answer_lost(*to, &m.outbox, req_id, from);
-                            }
-                        }
-                    }
-                    Some(req) => {
-                        let mut missed = Vec::new();
-                        for to in req.targets.iter() {
-                            let delivered = subs.contains(to)
-                                && st.members.get(to).is_some_and(|m| {
-                                    matches!(
-                                        self.push(*to, &m.outbox, frame.clone(), false),
-                                        Push::Queued
-                                    )
-                                });
-                            if !delivered {
-                                missed.push(*to);
-                            }
-                        }
-                        drop(st);
-                        for to in missed {
-                            self.undeliverable(from, &req.req_id, to);
-                        }
-                    }
-                }
+                request: None,
+            } => self.publish(from, &chan, payload),
+            BusUp::Publish {
+                chan,
+                payload,
+                request: Some(req),
+            } => self.request(from, &chan, payload, &req),
+            BusUp::NumServ { id, chan } => self.num_serv(from, id, &chan),
+        }
+    }
+
+    fn subscribe(&self, from: MemberId, chan: Cow<'_, str>) {
+        let mut st = self.state.write_unpoisoned();
+        let Some(m) = st.members.get_mut(&from) else {
+            return;
+        };
+        if m.subs.insert(chan.to_string()) {
+            st.chans.entry(chan.into_owned()).or_default().push(from);
+        }
+    }
+
+    fn unsubscribe(&self, from: MemberId, chan: &str) {
+        let mut st = self.state.write_unpoisoned();
+        if let Some(m) = st.members.get_mut(&from) {
+            m.subs.remove(chan);
+        }
+        if let Some(list) = st.chans.get_mut(chan) {
+            list.retain(|m| *m != from);
+            if list.is_empty() {
+                st.chans.remove(chan);
             }
-            BusUp::NumServ { id, chan } => {
-                let st = self.state.read_unpoisoned();
-                let members: Vec<Member<'_>> = st
-                    .chans
-                    .get(chan.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| {
-                        let m = st.members.get(id)?;
-                        (m.ready || *id == from).then(|| Member {
-                            id: *id,
-                            uid: Cow::Owned(m.uid.clone().unwrap_or_default()),
-                        })
-                    })
-                    .collect();
-                let reply = frame::encode(&BusDown::NumServReply { id, members });
-                if let (Ok(reply), Some(m)) = (reply, st.members.get(&from)) {
-                    let _ = self.push(from, &m.outbox, reply, true);
-                }
+        }
+    }
+
+    /// The frame that delivers `payload` published on `chan`.
+    fn deliver_frame(from: MemberId, chan: &str, payload: &[u8]) -> Option<bytes::Bytes> {
+        match frame::encode(&BusDown::Deliver {
+            chan: Cow::Borrowed(chan),
+            payload,
+        }) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(worker = %from, "cannot relay a bus message: {e}");
+                None
             }
+        }
+    }
+
+    /// A broadcast (or an answer to a request): to every other subscriber of `chan`. When an
+    /// answer is dropped for a full queue, its requester is told no answer will come.
+    fn publish(&self, from: MemberId, chan: &str, payload: &[u8]) {
+        let st = self.state.read_unpoisoned();
+        let Some(subs) = st.chans.get(chan) else {
+            return;
+        };
+        let Some(frame) = Self::deliver_frame(from, chan, payload) else {
+            return;
+        };
+        // Read only if something is dropped: the request this is an answer to.
+        let mut answers: Option<Option<&str>> = None;
+        for to in subs.iter().filter(|m| **m != from) {
+            if let Some(m) = st.members.get(to)
+                && let Push::Dropped = self.push(*to, &m.outbox, frame.clone(), false)
+                && let Some(req_id) = *answers.get_or_insert_with(|| {
+                    chan.contains("-response#")
+                        .then(|| wire::peek_response(payload))
+                        .flatten()
+                        .map(|h| h.req_id)
+                })
+            {
+                self.answer_lost(*to, &m.outbox, req_id, from);
+            }
+        }
+    }
+
+    /// A request that expects answers: to its named targets only; the requester is told at
+    /// once of every target that cannot get it.
+    fn request(&self, from: MemberId, chan: &str, payload: &[u8], req: &RequestMeta<'_>) {
+        let st = self.state.read_unpoisoned();
+        let subs = st.chans.get(chan);
+        let frame = subs.and_then(|_| Self::deliver_frame(from, chan, payload));
+        let delivered = |to: &MemberId| -> bool {
+            let (Some(subs), Some(frame)) = (subs, &frame) else {
+                return false;
+            };
+            subs.contains(to)
+                && st.members.get(to).is_some_and(|m| {
+                    matches!(
+                        self.push(*to, &m.outbox, frame.clone(), false),
+                        Push::Queued
+                    )
+                })
+        };
+        let missed: Vec<MemberId> = req
+            .targets
+            .iter()
+            .filter(|to| !delivered(to))
+            .copied()
+            .collect();
+        drop(st);
+        for to in missed {
+            self.undeliverable(from, &req.req_id, to);
+        }
+    }
+
+    /// How many ready workers subscribe to `chan` (the asker included), and which.
+    fn num_serv(&self, from: MemberId, id: u64, chan: &str) {
+        let st = self.state.read_unpoisoned();
+        let members: Vec<Member<'_>> = st
+            .chans
+            .get(chan)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let m = st.members.get(id)?;
+                (m.ready || *id == from).then(|| Member {
+                    id: *id,
+                    uid: Cow::Owned(m.uid.clone().unwrap_or_default()),
+                })
+            })
+            .collect();
+        let reply = frame::encode(&BusDown::NumServReply { id, members });
+        if let (Ok(reply), Some(m)) = (reply, st.members.get(&from)) {
+            let _ = self.push(from, &m.outbox, reply, true);
         }
     }
 
@@ -445,7 +468,6 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::bus::RequestMeta;
     use tokio::io::AsyncWriteExt;
 
     struct Peer {

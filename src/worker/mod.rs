@@ -1,14 +1,18 @@
 //! A worker process: serves the connections the primary passes it, with the user's app.
 //!
-//! Started by the primary re-executing the binary with [`WorkerEnv`] in the environment. It
-//! builds socketioxide with the [`ClusterAdapter`], runs the user's setup,
-//! reports ready, then serves each received descriptor (`serve`) behind the session router
-//! (`session`). It exits when the primary tells it to drain, or as soon as the primary is gone
-//! (control channel end of file, or `PR_SET_PDEATHSIG`).
+//! Started by the primary re-executing the binary with [`WorkerEnv`] in the environment. It says
+//! hello ([`crate::ipc::hello`]), builds socketioxide with the [`ClusterAdapter`] and the app's
+//! customisations (`app`), runs the user's setup, reports ready, then serves each received
+//! descriptor (`serve`) behind the session router (`session`), with its periodic upkeep
+//! (`upkeep`). When the primary tells it to drain (`drain`, with the app's [`Shutdown`]), or as
+//! soon as the primary is gone (control channel end of file, or `PR_SET_PDEATHSIG`), `run`
+//! returns.
 
 use crate::sync::LockExt;
+pub(crate) mod app;
 pub(crate) mod body;
 pub(crate) mod control;
+pub(crate) mod drain;
 pub(crate) mod events;
 pub(crate) mod forward;
 pub(crate) mod lease;
@@ -17,8 +21,8 @@ pub(crate) mod report;
 pub(crate) mod serve;
 pub(crate) mod session;
 pub(crate) mod tracked;
+mod upkeep;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::str::FromStr;
@@ -28,8 +32,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use socketioxide::layer::SocketIoLayer;
-use socketioxide::service::SocketIoService;
-use socketioxide::{SocketIo, SocketIoBuilder, SocketIoConfig};
+use socketioxide::{SocketIo, SocketIoConfig};
 use socketioxide_core::{Sid, Uid};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::watch;
@@ -42,53 +45,19 @@ use crate::ipc::message::{ConnManifest, MAX_SIDS_PER_MESSAGE, MemberId, ToPrimar
 use crate::sid::SessionId;
 use crate::supervisor::peek::slot_token;
 
+pub use app::HttpService;
+pub(crate) use app::{AppService, Setup};
+use app::{check_engine_settings, http_service};
+use drain::drain_worker;
 pub use lifecycle::{Shutdown, ShutdownGuard};
 pub use session::ClientAddr;
+use upkeep::spawn_reporters;
 
 use control::Control;
 use lease::{ExpiryRules, Leases};
 
-/// Longest wait, when draining, for in-flight handshakes to finish before sessions are closed.
-const DRAIN_SETTLE: Duration = Duration::from_millis(1500);
-
-/// How often registered sessions are checked for expiry (a closed session leaves the primary's
-/// table within this, and well within a second).
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Descriptors kept free below the worker's capacity report, for forwards and short-lived files.
-const FD_MARGIN: u64 = 32;
-
 /// Channel prefix of the IPC bus (one host, one app: no need to configure it).
 const IPC_PREFIX: &str = "socket.io";
-
-/// The service a worker runs for each connection: socketioxide in front of the user's routes,
-/// wrapped in the app's layers ([`crate::Cluster::layer`]).
-pub(crate) type AppService = tower::util::BoxCloneService<
-    http::Request<body::TimedBody>,
-    http::Response<axum::body::Body>,
-    Infallible,
->;
-
-/// The worker's whole HTTP service as an app's tower layers see it
-/// ([`Cluster::layer`](crate::Cluster::layer)): Socket.IO (its path, every transport) in front of
-/// the app's axum routes.
-pub type HttpService = tower::util::BoxCloneService<
-    http::Request<axum::body::Body>,
-    http::Response<axum::body::Body>,
-    Infallible,
->;
-
-/// Wraps the worker's HTTP service in the app's layers.
-pub(crate) type Wrap = Box<dyn FnOnce(HttpService) -> HttpService>;
-
-/// What `Cluster` hands a worker besides the config.
-#[derive(Default)]
-pub(crate) struct Setup {
-    /// socketioxide builder customisations, in order.
-    pub configure: Vec<Configure>,
-    /// The app's layers over the whole service.
-    pub wrap: Option<Wrap>,
-}
 
 /// Errors of a worker process.
 #[derive(Debug, thiserror::Error)]
@@ -352,15 +321,6 @@ impl WorkerShared {
     }
 }
 
-/// Type of the optional socketioxide builder customisation.
-pub(crate) type Configure = Box<
-    dyn FnOnce(
-        SocketIoBuilder<ClusterAdapter>,
-        &WorkerInfo,
-        &ClusterHandle,
-    ) -> SocketIoBuilder<ClusterAdapter>,
->;
-
 /// Runs this process as a worker until the primary stops it.
 pub(crate) fn run<F, Fut>(
     env: WorkerEnv,
@@ -420,7 +380,7 @@ where
     F: FnOnce(Worker) -> Fut,
     Fut: Future<Output = Result<axum::Router, crate::BoxError>>,
 {
-    let (ctl_tx, mut ctl_rx) = channel::channel::<ToPrimary, ToWorker>(ctl)?;
+    let (ctl_tx, ctl_rx) = channel::channel::<ToPrimary, ToWorker>(ctl)?;
     // Before anything else: the primary reads nothing more from a worker of another build.
     ctl_tx
         .send(&ToPrimary::Hello(crate::ipc::hello::Hello::ours()), &[])
@@ -429,33 +389,7 @@ where
 
     let request_timeout = Duration::from_millis(config.request_timeout_ms);
     let uid = Uid::new();
-    let driver = match config.adapter {
-        AdapterKind::Ipc => {
-            let bus = std::os::unix::net::UnixStream::from(bus);
-            bus.set_nonblocking(true)
-                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
-            let bus = tokio::net::UnixStream::from_std(bus)
-                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
-            ClusterDriver::Ipc(IpcDriver::start(
-                bus,
-                env.member,
-                IPC_PREFIX,
-                request_timeout,
-                // A broadcast with acks lives for the client's ack timeout plus this.
-                request_timeout
-                    + Duration::from_millis(config.ack_timeout_ms.unwrap_or(5_000))
-                    + Duration::from_secs(60),
-            ))
-        }
-        AdapterKind::Redis => {
-            let url = config.redis_url.as_deref().unwrap_or_default();
-            let timeout = Duration::from_millis(config.redis_connect_timeout_ms);
-            let bus = RedisBus::connect(url, &config.redis_prefix, timeout)
-                .await
-                .map_err(|e| WorkerError::Adapter(e.to_string()))?;
-            ClusterDriver::Redis(bus)
-        }
-    };
+    let driver = cluster_driver(&config, &env, bus, request_timeout).await?;
     let adapter_config = RedisAdapterConfig::new()
         .with_request_timeout(request_timeout)
         .with_ack_response_buffer(65_536);
@@ -509,23 +443,7 @@ where
         ))
         .ok()
     });
-    let tls = match config.tls() {
-        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::door::tls::load(cert, key).map_err(|e| WorkerError::App(Box::new(e)))?,
-        )),
-        None => None,
-    };
-    let max_payload = usize::try_from(config.max_payload_bytes()).unwrap_or(usize::MAX);
-    let door = Door {
-        tls,
-        tls_handshake_timeout: config.head_timeout(),
-        ws: crate::door::ws_limit::WsLimits {
-            max_message: max_payload,
-            max_frame: max_payload,
-        },
-        trusted: config.trusted_proxies.clone(),
-        body_timeout: Duration::from_millis(config.body_timeout_ms),
-    };
+    let door = Door::from_config(&config)?;
     let shared = Arc::new(WorkerShared {
         door,
         closed_ips: Default::default(),
@@ -551,6 +469,78 @@ where
     );
     spawn_reporters(&shared, &config, io.clone(), bus);
 
+    serve_primary(shared, svc, io, shutdown, control, ctl_rx).await
+}
+
+/// The adapter's transport: the primary's bus on the inherited socket, or Redis.
+async fn cluster_driver(
+    config: &Config,
+    env: &WorkerEnv,
+    bus: OwnedFd,
+    request_timeout: Duration,
+) -> Result<ClusterDriver, WorkerError> {
+    Ok(match config.adapter {
+        AdapterKind::Ipc => {
+            let bus = std::os::unix::net::UnixStream::from(bus);
+            bus.set_nonblocking(true)
+                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
+            let bus = tokio::net::UnixStream::from_std(bus)
+                .map_err(|e| WorkerError::Adapter(format!("bus socket: {e}")))?;
+            ClusterDriver::Ipc(IpcDriver::start(
+                bus,
+                env.member,
+                IPC_PREFIX,
+                request_timeout,
+                // A broadcast with acks lives for the client's ack timeout plus this.
+                request_timeout
+                    + Duration::from_millis(config.ack_timeout_ms.unwrap_or(5_000))
+                    + Duration::from_secs(60),
+            ))
+        }
+        AdapterKind::Redis => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            let timeout = Duration::from_millis(config.redis_connect_timeout_ms);
+            let bus = RedisBus::connect(url, &config.redis_prefix, timeout)
+                .await
+                .map_err(|e| WorkerError::Adapter(e.to_string()))?;
+            ClusterDriver::Redis(bus)
+        }
+    })
+}
+
+impl Door {
+    /// The door settings of `config`: TLS (its files are read here), limits and timeouts.
+    fn from_config(config: &Config) -> Result<Self, WorkerError> {
+        let tls = match config.tls() {
+            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::door::tls::load(cert, key).map_err(|e| WorkerError::App(Box::new(e)))?,
+            )),
+            None => None,
+        };
+        let max_payload = usize::try_from(config.max_payload_bytes()).unwrap_or(usize::MAX);
+        Ok(Door {
+            tls,
+            tls_handshake_timeout: config.head_timeout(),
+            ws: crate::door::ws_limit::WsLimits {
+                max_message: max_payload,
+                max_frame: max_payload,
+            },
+            trusted: config.trusted_proxies.clone(),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
+        })
+    }
+}
+
+/// Serves what the primary sends until the drain is over or the primary is gone:
+/// connections to serve, replies to requests, the drain.
+async fn serve_primary(
+    shared: Arc<WorkerShared>,
+    svc: AppService,
+    io: SocketIo<ClusterAdapter>,
+    shutdown: Shutdown,
+    control: Control,
+    mut ctl_rx: channel::Receiver<ToWorker>,
+) -> Result<(), WorkerError> {
     // Sent by the drain when it is over: the worker's `run` returns.
     let (drained_tx, mut drained) = tokio::sync::oneshot::channel::<()>();
     let mut drained_tx = Some(drained_tx);
@@ -627,286 +617,6 @@ where
             }
         }
     }
-}
-
-/// Drains this worker within `timeout`, then tells the main loop to return:
-/// 1. HTTP connections finish the request in flight and are not kept alive (new sessions already
-///    go to other workers: the primary marked this one draining before telling it), and the
-///    app's [`Shutdown::draining`] resolves;
-/// 2. the app's [`ShutdownGuard`]s are awaited, and on a handover (reload) a short grace lets
-///    clients whose handshake was handed here just before finish connecting their namespaces;
-/// 3. every Engine.IO session is closed at the transport (`io.close()`), which Socket.IO clients
-///    treat as a lost connection: they reconnect at once, to the workers that stay;
-/// 4. the worker ends once its connections are gone (or the time is up).
-async fn drain_worker(
-    shared: Arc<WorkerShared>,
-    io: SocketIo<ClusterAdapter>,
-    shutdown: Shutdown,
-    timeout: Duration,
-    handover: bool,
-    done: tokio::sync::oneshot::Sender<()>,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    tracing::info!(
-        open = shared.open.load(Ordering::Relaxed),
-        handover,
-        app_guards = shutdown.held(),
-        "draining"
-    );
-    shared.drain.send_replace(true);
-    let settle = async {
-        if handover {
-            let settle = tokio::time::Instant::now() + DRAIN_SETTLE.min(timeout / 2);
-            tokio::time::sleep_until(settle).await;
-        }
-    };
-    let app = async {
-        if tokio::time::timeout_at(deadline, shutdown.released())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                app_guards = shutdown.held(),
-                "the app still holds shutdown guards at the drain timeout; closing anyway"
-            );
-        }
-    };
-    tokio::join!(settle, app);
-    if handover {
-        tracing::info!("closing every session so its client reconnects to another worker");
-    }
-    let _ = tokio::time::timeout_at(deadline, io.close()).await;
-    while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = done.send(());
-}
-
-/// The worker's service: socketioxide in front of `router`'s routes, inside the app's layers.
-fn http_service(
-    svc: SocketIoService<axum::Router, ClusterAdapter>,
-    wrap: Option<Wrap>,
-) -> AppService {
-    use tower::ServiceExt;
-    let base: HttpService = tower::util::BoxCloneService::new(ServiceExt::<
-        http::Request<axum::body::Body>,
-    >::map_response(
-        svc,
-        |r: http::Response<_>| r.map(axum::body::Body::new),
-    ));
-    let wrapped = match wrap {
-        Some(wrap) => wrap(base),
-        None => base,
-    };
-    tower::util::BoxCloneService::new(
-        wrapped.map_request(|r: http::Request<body::TimedBody>| r.map(axum::body::Body::new)),
-    )
-}
-
-/// Refuses to start when the app's socketioxide customisation changed a setting the cluster
-/// owns: the primary routes by `--path`, and every worker must agree with the flags.
-fn check_engine_settings(
-    config: &Config,
-    got: &socketioxide::SocketIoConfig,
-) -> Result<(), WorkerError> {
-    let (_, reference) = config.engine_settings(SocketIo::builder()).build_layer();
-    let want = reference.config();
-    let (w, g) = (&want.engine_config, &got.engine_config);
-    let mut changed: Vec<String> = Vec::new();
-    let mut check = |what: &str, flag: &str, differs: bool, value: String| {
-        if differs {
-            changed.push(format!("{what} (to {value}; set it with {flag} instead)"));
-        }
-    };
-    check(
-        "req_path",
-        "--path",
-        w.req_path != g.req_path,
-        format!("{:?}", g.req_path),
-    );
-    check(
-        "ping_interval",
-        "--ping-interval-ms",
-        w.ping_interval != g.ping_interval,
-        format!("{:?}", g.ping_interval),
-    );
-    check(
-        "ping_timeout",
-        "--ping-timeout-ms",
-        w.ping_timeout != g.ping_timeout,
-        format!("{:?}", g.ping_timeout),
-    );
-    check(
-        "max_payload / ws_max_message_size / ws_max_frame_size",
-        "--max-payload",
-        w.max_payload != g.max_payload
-            || w.ws_max_message_size != g.ws_max_message_size
-            || w.ws_max_frame_size != g.ws_max_frame_size,
-        format!(
-            "{} / {} / {}",
-            g.max_payload, g.ws_max_message_size, g.ws_max_frame_size
-        ),
-    );
-    check(
-        "ack_timeout",
-        "--ack-timeout-ms",
-        want.ack_timeout != got.ack_timeout,
-        format!("{:?}", got.ack_timeout),
-    );
-    check(
-        "connect_timeout",
-        "--connect-timeout-ms",
-        want.connect_timeout != got.connect_timeout,
-        format!("{:?}", got.connect_timeout),
-    );
-    if changed.is_empty() {
-        return Ok(());
-    }
-    Err(WorkerError::Settings(changed.join(", ")))
-}
-
-fn spawn_reporters(
-    shared: &Arc<WorkerShared>,
-    config: &Config,
-    io: SocketIo<ClusterAdapter>,
-    bus: ClusterDriver,
-) {
-    // Load: connections closed and descriptor room, soon after a close (closes within 2 ms
-    // go in one report) and otherwise every 100 ms, only when it changed. Descriptors in use
-    // are counted once a second, off the runtime thread.
-    let s = shared.clone();
-    let nofile = crate::supervisor::nofile_limit();
-    tokio::spawn(async move {
-        let mut last = (0, u64::MAX);
-        let mut extra = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut ticks = 0u64;
-        let mut counted_at = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = s.load_changed.notified() => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            if (counted_at.elapsed() >= Duration::from_secs(1) || ticks == 0)
-                && let Ok(Some(used)) = tokio::task::spawn_blocking(open_descriptors).await
-            {
-                // Descriptors that are not client connections: the app's files, sockets, the
-                // runtime's own, forwards in flight.
-                extra = used.saturating_sub(s.open.load(Ordering::Relaxed));
-                counted_at = tokio::time::Instant::now();
-            }
-            ticks += 1;
-            let capacity = nofile.saturating_sub(extra + FD_MARGIN);
-            let closed = s.closed_total.load(Ordering::Relaxed);
-            let closed_ips = std::mem::take(&mut *s.closed_ips.lock_unpoisoned());
-            if (closed, capacity) != last || !closed_ips.is_empty() {
-                last = (closed, capacity);
-                // Split so each message stays under the channel's size limit.
-                let mut chunks: Vec<Vec<std::net::IpAddr>> = closed_ips
-                    .chunks(MAX_SIDS_PER_MESSAGE)
-                    .map(<[_]>::to_vec)
-                    .collect();
-                if chunks.is_empty() {
-                    chunks.push(Vec::new());
-                }
-                for closed_ips in chunks {
-                    s.control.send(
-                        ToPrimary::Load {
-                            closed_total: closed,
-                            capacity,
-                            closed_ips,
-                        },
-                        None,
-                    );
-                }
-            }
-        }
-    });
-    // Heartbeat: proves this runtime still runs tasks.
-    let s = shared.clone();
-    let every = Duration::from_millis(config.heartbeat_interval_ms.max(10));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        let mut seq = 0;
-        loop {
-            tick.tick().await;
-            seq += 1;
-            s.control.send(
-                ToPrimary::Heartbeat {
-                    seq,
-                    rss_bytes: resident_bytes(),
-                },
-                None,
-            );
-        }
-    });
-    // Metrics report: sockets per namespace, traffic, descriptors, memory.
-    let s = shared.clone();
-    let every = Duration::from_millis(config.heartbeat_interval_ms.max(10));
-    let reporter_io = io.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        let mut sampler = report::Sampler::default();
-        loop {
-            tick.tick().await;
-            let namespaces = sampler.sample(&reporter_io);
-            let open_fds = tokio::task::spawn_blocking(open_descriptors)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0);
-            s.control.send(
-                ToPrimary::Report(crate::ipc::message::WorkerReport {
-                    namespaces,
-                    bytes_in: s.stats.bytes_in.load(Ordering::Relaxed),
-                    bytes_out: s.stats.bytes_out.load(Ordering::Relaxed),
-                    events_in: s.events.received.load(Ordering::Relaxed),
-                    events_out: s.events.sent.load(Ordering::Relaxed),
-                    open_fds,
-                    rss_bytes: resident_bytes(),
-                    bus_up: bus.is_up(),
-                    adapter_timeouts: bus.request_timeouts().unwrap_or(0),
-                }),
-                None,
-            );
-        }
-    });
-    // Lease sweeper: unregister sessions that no longer need routing.
-    let s = shared.clone();
-    let rules = ExpiryRules {
-        idle: Duration::from_millis(
-            config.ping_interval_ms.unwrap_or(25_000)
-                + config.ping_timeout_ms.unwrap_or(20_000)
-                + 5_000,
-        ),
-        // socketioxide closes a session that connects no namespace within the connect timeout.
-        connect_window: Duration::from_millis(config.connect_timeout_ms.unwrap_or(45_000) + 500),
-    };
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tick.tick().await;
-            let nsps = io.nsps();
-            let expired = s.leases.expire(rules, |sid| {
-                let Ok(sid) = Sid::from_str(sid.as_str()) else {
-                    return false;
-                };
-                nsps.iter().any(|ns| ns.get_socket(sid).is_some())
-            });
-            if !expired.is_empty() {
-                tracing::debug!(count = expired.len(), "sessions no longer routed here");
-                s.unregister(expired);
-            }
-        }
-    });
-}
-
-/// Descriptors open in this process (entries of `/proc/self/fd`, minus the one reading it).
-fn open_descriptors() -> Option<u64> {
-    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    Some(n.saturating_sub(1))
 }
 
 /// Resident set size of this process, from `/proc/self/statm`.
