@@ -73,7 +73,16 @@ fn the_apps_layer_wraps_socketio_and_its_routes() {
 
 #[test]
 fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
-    let c = Start::testapp(&["--workers", "2", "--drain-timeout-ms", "5000"]).spawn();
+    let c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--drain-timeout-ms",
+        "5000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .spawn();
+    let events = c.events();
     let pids = c.worker_pids();
     rt().block_on(async {
         let mut clients = Vec::new();
@@ -95,11 +104,7 @@ fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
             assert!(pids.contains(&pid), "{pid} {pids:?}");
         }
     });
-    assert!(
-        c.wait_log("reload finished", Duration::from_secs(60)),
-        "{}",
-        c.logs()
-    );
+    events.wait_for("reload_finished", 1, Duration::from_secs(60));
     // Each drained worker waited for the app's guard, then `run` returned in it (no
     // `process::exit`), and it exited with status 0.
     assert!(
@@ -116,12 +121,12 @@ fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
         "{}",
         c.logs()
     );
-    let exited_ok = c
-        .logs()
-        .lines()
-        .filter(|l| l.contains("worker exited") && l.contains("exit status: 0"))
+    let exited_ok = events
+        .named("worker_exited")
+        .iter()
+        .filter(|e| e["status"] == "exit status: 0" && e["expected"] == true)
         .count();
-    assert_eq!(exited_ok, 2, "{}", c.logs());
+    assert_eq!(exited_ok, 2, "{:#?}", events.all());
 
     // On shutdown there is no handover grace: the clients hear the app's goodbye only because
     // the worker waits for the app's guard before it closes their sessions.

@@ -54,7 +54,8 @@ async fn closed_within(c: &mut Client, within: Duration) -> bool {
 
 #[test]
 fn a_killed_worker_is_replaced_and_only_its_clients_reconnect() {
-    let c = Start::testapp(&["--workers", "2"]).spawn();
+    let c = Start::testapp(&["--workers", "2", "--admin-listen", "127.0.0.1:0"]).spawn();
+    let events = c.events();
     rt().block_on(async {
         let mut clients = Vec::new();
         for i in 0..200 {
@@ -117,7 +118,8 @@ fn a_killed_worker_is_replaced_and_only_its_clients_reconnect() {
             }
         }
     });
-    assert!(c.wait_log("worker died; restarting it in its slot", T));
+    let restarting = events.wait_for("worker_restarting", 1, T);
+    assert_eq!(restarting[0]["cause"], "exit", "{restarting:?}");
     assert!(
         c.wait_log("sessions of the exited worker purged", T),
         "polling sessions of the dead worker are purged"
@@ -155,7 +157,16 @@ async fn resilient(
 
 #[test]
 fn rolling_reload_replaces_every_worker_without_a_failed_connect() {
-    let mut c = Start::testapp(&["--workers", "2", "--drain-timeout-ms", "5000"]).spawn();
+    let mut c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--drain-timeout-ms",
+        "5000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .spawn();
+    let events = c.events();
     let before: HashSet<u32> = c.worker_pids().into_iter().collect();
     assert_eq!(before.len(), 2);
     rt().block_on(async {
@@ -202,11 +213,7 @@ fn rolling_reload_replaces_every_worker_without_a_failed_connect() {
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.signal(libc::SIGHUP);
-        assert!(
-            c.wait_log("reload finished", Duration::from_secs(60)),
-            "{}",
-            c.logs()
-        );
+        events.wait_for("reload_finished", 1, Duration::from_secs(60));
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop_tx.send(true).unwrap();
         looper.await.unwrap();
@@ -277,13 +284,22 @@ fn sigterm_drains_and_exits_zero_leaving_no_worker() {
 
 #[test]
 fn a_second_signal_forces_the_exit() {
-    let mut c = Start::testapp(&["--workers", "2", "--drain-timeout-ms", "60000"]).spawn();
+    let mut c = Start::testapp(&[
+        "--workers",
+        "2",
+        "--drain-timeout-ms",
+        "60000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .spawn();
+    let events = c.events();
     let workers = c.worker_pids();
     // A frozen worker never finishes draining.
     // SAFETY: kill(2) on a worker of the cluster this test started.
     unsafe { libc::kill(workers[0] as i32, libc::SIGSTOP) };
     c.signal(libc::SIGTERM);
-    assert!(c.wait_log("draining workers", T));
+    events.wait_for("draining", 1, T);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     c.signal(libc::SIGTERM);
@@ -329,19 +345,16 @@ fn a_hung_worker_is_killed_and_replaced() {
         "100",
         "--heartbeat-timeout-ms",
         "1500",
+        "--admin-listen",
+        "127.0.0.1:0",
     ])
     .spawn();
+    let events = c.events();
     let workers = c.worker_pids();
     // SAFETY: kill(2) on a worker of the cluster this test started.
     unsafe { libc::kill(workers[1] as i32, libc::SIGSTOP) };
-    assert!(
-        c.wait_log(
-            "worker is hung (no heartbeat); killing it",
-            Duration::from_secs(6)
-        ),
-        "{}",
-        c.logs()
-    );
+    let restarting = events.wait_for("worker_restarting", 1, Duration::from_secs(6));
+    assert_eq!(restarting[0]["cause"], "hung", "{restarting:?}");
     assert!(eventually(Duration::from_secs(5), || {
         let now = c.worker_pids();
         now.len() == 2 && now.contains(&workers[0]) && !now.contains(&workers[1])
@@ -358,8 +371,11 @@ fn a_worker_over_the_memory_limit_is_rolled_not_killed() {
         "150",
         "--heartbeat-interval-ms",
         "200",
+        "--admin-listen",
+        "127.0.0.1:0",
     ])
     .spawn();
+    let events = c.events();
     rt().block_on(async {
         let cl = Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
             .await
@@ -373,21 +389,16 @@ fn a_worker_over_the_memory_limit_is_rolled_not_killed() {
                 .unwrap()[0],
             json!("ok")
         );
-        assert!(
-            c.wait_log("over --worker-memory-limit-mb; rolling it", T),
-            "{}",
-            c.logs()
-        );
-        assert!(
-            c.wait_log("memory limit: draining the previous worker", T),
-            "{}",
-            c.logs()
-        );
+        let replaced = events.wait_for("worker_replaced", 1, T);
+        assert_eq!(replaced[0]["why"], "memory limit", "{replaced:?}");
+        assert_eq!(replaced[0]["pid"].as_u64(), Some(pid), "{replaced:?}");
         // The old worker drained and exited cleanly (status 0), it was not killed.
         assert!(
-            eventually(T, || c.logs().lines().any(|l| l.contains("worker exited")
-                && l.contains(&format!("pid={pid}"))
-                && l.contains("exit status: 0"))),
+            eventually(T, || events.named("worker_exited").iter().any(|e| e["pid"]
+                .as_u64()
+                == Some(pid)
+                && e["status"] == "exit status: 0"
+                && e["expected"] == true)),
             "{}",
             c.logs()
         );

@@ -51,16 +51,26 @@ pub(crate) enum ClusterEvent {
         status: String,
         expected: bool,
     },
-    /// A slot's worker died and a new one starts after `restart_in_ms`.
+    /// A slot's worker died (`cause`: `exit`, `hung`, `start_timeout`) and a new one starts
+    /// after `restart_in_ms`.
     WorkerRestarting {
         slot: usize,
+        cause: &'static str,
         crashes: u32,
         restart_in_ms: u64,
     },
+    /// A slot's worker is replaced by a ready successor and drains (`why`: `reload`,
+    /// `memory limit`).
+    WorkerReplaced {
+        slot: usize,
+        pid: u32,
+        worker: String,
+        why: String,
+    },
     /// A reload's successor did not become ready: the slot keeps its worker.
     ReloadKeptWorker { slot: usize },
-    /// The primary accepts connections on `addr`.
-    Listening { addr: String },
+    /// The primary accepts connections on `addr` (`activated`: a socket systemd passed).
+    Listening { addr: String, activated: bool },
     /// A rolling reload began (SIGHUP).
     ReloadStarted,
     /// A rolling reload ended; `status` is the status line then.
@@ -151,11 +161,12 @@ mod tests {
         let (history, mut live) = j.follow();
         j.record(ClusterEvent::Listening {
             addr: "127.0.0.1:1".into(),
+            activated: false,
         });
         assert_eq!(history, vec!["{\"seq\":1,\"event\":\"reload_started\"}\n"]);
         assert_eq!(
             live.try_recv().unwrap(),
-            "{\"seq\":2,\"event\":\"listening\",\"addr\":\"127.0.0.1:1\"}\n"
+            "{\"seq\":2,\"event\":\"listening\",\"addr\":\"127.0.0.1:1\",\"activated\":false}\n"
         );
         for _ in 0..HISTORY + 5 {
             j.record(ClusterEvent::Draining);

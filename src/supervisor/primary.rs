@@ -235,6 +235,7 @@ impl Primary {
         tracing::info!(%addr, workers = n, "listening on {addr}");
         self.shared.journal.record(ClusterEvent::Listening {
             addr: addr.to_string(),
+            activated,
         });
         self.last_status = self.shared.status();
         self.notifier.ready(&self.last_status);
@@ -526,6 +527,12 @@ impl Primary {
             };
             for h in &old {
                 tracing::info!(slot, pid = h.pid, worker = %h.member, "{why}: draining the previous worker");
+                self.shared.journal.record(ClusterEvent::WorkerReplaced {
+                    slot,
+                    pid: h.pid,
+                    worker: h.member.to_string(),
+                    why: why.to_owned(),
+                });
                 drain(h, drain_timeout, true);
                 self.shared.metrics.restarted(slot, cause);
             }
@@ -802,6 +809,7 @@ impl Primary {
                 );
                 self.shared.journal.record(ClusterEvent::WorkerRestarting {
                     slot: h.slot,
+                    cause: cause.label(),
                     crashes: state.crashes,
                     restart_in_ms: delay.as_millis() as u64,
                 });
