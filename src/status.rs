@@ -7,7 +7,13 @@
 //! index  pid    gen  state  uptime  connections  sessions  restarts  rss
 //! 0      4250   0    ready  3m12s   118          117       0         21.4 MiB
 //! 1      4251   0    ready  3m12s   121          121       1         22.0 MiB
+//! recent events:
+//!   #7 worker_restarting cause="exit" crashes=1 restart_in_ms=200 slot=1
+//!   #8 worker_started generation=0 pid=4251 slot=1 worker="m2"
+//!   #9 worker_ready pid=4251 slot=1 startup_ms=4 worker="m2"
 //! ```
+//!
+//! The recent events are the last [`RECENT_EVENTS`] of the primary's `/events`.
 //!
 //! Run through [`Cluster::run`](crate::Cluster::run), it exits 0 when the primary answered,
 //! whatever the workers' state, and prints one line on stderr and exits 1 when nothing answers.
@@ -43,6 +49,9 @@ pub enum StatusError {
     },
 }
 
+/// Lifecycle events printed under the table.
+pub const RECENT_EVENTS: usize = 8;
+
 #[derive(Debug, Deserialize)]
 struct Status {
     workers: Vec<Worker>,
@@ -69,7 +78,8 @@ struct Worker {
 /// Runs the command: prints the table (or the JSON with `--json`) on stdout.
 pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
     let addr = args.admin_listen;
-    let body = fetch(addr, Duration::from_millis(args.timeout_ms.max(1)))?;
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let body = fetch(addr, "/status", timeout)?;
     let status: Status = serde_json::from_str(&body).map_err(|e| StatusError::NotAStatus {
         addr,
         reason: format!("{e}"),
@@ -79,13 +89,39 @@ pub fn run(args: &StatusArgs) -> Result<(), StatusError> {
         let _ = writeln!(out, "{body}");
     } else {
         let _ = write!(out, "{}", table(&status));
+        // A primary without `/events` (an older build) just has no such section.
+        if let Ok(events) = fetch(addr, "/events?follow=0", timeout) {
+            let _ = write!(out, "{}", recent(&events));
+        }
     }
     let _ = out.flush();
     Ok(())
 }
 
-/// GET /status over one connection; the body.
-fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
+/// The last [`RECENT_EVENTS`] lines of `/events`, one per line: `#seq event key=value...`.
+fn recent(ndjson: &str) -> String {
+    let lines: Vec<&str> = ndjson.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = String::from("recent events:\n");
+    for line in &lines[lines.len().saturating_sub(RECENT_EVENTS)..] {
+        let Ok(serde_json::Value::Object(ev)) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let mut text = format!(
+            "  #{} {}",
+            ev.get("seq").and_then(|v| v.as_u64()).unwrap_or(0),
+            ev.get("event").and_then(|v| v.as_str()).unwrap_or("?")
+        );
+        for (k, v) in ev.iter().filter(|(k, _)| *k != "seq" && *k != "event") {
+            text.push_str(&format!(" {k}={v}"));
+        }
+        out.push_str(&text);
+        out.push('\n');
+    }
+    out
+}
+
+/// GET `path` over one connection; the body of a 200.
+fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, StatusError> {
     let unreachable = |error| StatusError::Unreachable { addr, error };
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
     stream
@@ -96,7 +132,7 @@ fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, StatusError> {
         .map_err(unreachable)?;
     write!(
         stream,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .map_err(unreachable)?;
     let mut raw = Vec::new();
@@ -229,7 +265,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let e = fetch(addr, Duration::from_millis(500))
+        let e = fetch(addr, "/status", Duration::from_millis(500))
             .unwrap_err()
             .to_string();
         assert!(e.contains("no sio-cluster admin listener answers"), "{e}");

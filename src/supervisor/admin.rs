@@ -7,7 +7,7 @@
 //! | `/readyz` | `200` when a worker is ready and the cluster is not draining, else `503`; JSON body |
 //! | `/status` | JSON: every worker (index, pid, generation, state, uptime, connections, sessions, RSS, restarts), adapter, draining, version |
 //! | `/metrics` | Prometheus / OpenMetrics text for the whole cluster ([`metrics`](super::metrics)) |
-//! | `/events` | the lifecycle events ([`journal`](super::journal)) as JSON lines: the last ones, then each new one, for as long as the client stays |
+//! | `/events` | the lifecycle events ([`journal`](super::journal)) as JSON lines: the last ones, then each new one, for as long as the client stays (`?follow=0`: the last ones only) |
 //!
 //! It runs on the primary's runtime, apart from the accept loop, and keeps answering during a
 //! drain (so a load balancer sees `/readyz` turn 503 from the first moment of SIGTERM). Each
@@ -61,7 +61,8 @@ pub(crate) fn start(
                     let shared = shared.clone();
                     async move {
                         if req.uri().path() == "/events" && req.method() == http::Method::GET {
-                            return Ok::<_, Infallible>(events(&shared));
+                            let follow = req.uri().query() != Some("follow=0");
+                            return Ok::<_, Infallible>(events(&shared, follow));
                         }
                         Ok::<_, Infallible>(answer(&shared, &req).map(|b| b.boxed()))
                     }
@@ -79,9 +80,15 @@ pub(crate) fn start(
     Ok((task, bound))
 }
 
-/// `/events`: the journal's history, then its live feed, as one JSON object per line.
-fn events(shared: &Shared) -> Response<BoxBody<Bytes, Infallible>> {
+/// `/events`: the journal's history, then (unless `?follow=0`) its live feed, as one JSON
+/// object per line.
+fn events(shared: &Shared, follow: bool) -> Response<BoxBody<Bytes, Infallible>> {
     let (history, live) = shared.journal.follow();
+    if !follow {
+        let mut res = text(StatusCode::OK, "application/x-ndjson", history.concat());
+        let body = std::mem::take(res.body_mut());
+        return res.map(|_| body.boxed());
+    }
     let live = futures_util::stream::unfold(live, |mut rx| async move {
         match rx.recv().await {
             Ok(line) => Some((line, rx)),
