@@ -73,7 +73,20 @@ pub use worker::{
 /// Boxed error returned by user setup code.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Everything that can stop the cluster.
+/// Everything that can stop the cluster. Its messages say what to do; print them and exit
+/// non-zero (systemd then restarts the service).
+///
+/// ```no_run
+/// # fn app(w: sio_cluster::Worker) -> impl std::future::Future<Output = Result<axum::Router, sio_cluster::BoxError>> { async { Ok(axum::Router::new()) } }
+/// let config: sio_cluster::Config = clap::Parser::parse();
+/// if let Err(e) = sio_cluster::run(config, app) {
+///     eprintln!("error: {e}");
+///     if matches!(e, sio_cluster::Error::Config(_)) {
+///         std::process::exit(2); // a usage error, as clap's own
+///     }
+///     std::process::exit(1);
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad configuration.
@@ -296,7 +309,18 @@ fn worker_exe() -> std::io::Result<std::path::PathBuf> {
     }
 }
 
-/// Runs the cluster with `config`; see [`Cluster::run`].
+/// Runs the cluster with `config`; see [`Cluster::run`] (and [`Cluster`] for state, layers and
+/// socketioxide settings).
+///
+/// ```no_run
+/// fn main() -> Result<(), sio_cluster::Error> {
+///     let config: sio_cluster::Config = clap::Parser::parse();
+///     sio_cluster::run(config, |w| async move {
+///         w.io.ns("/", async || {}).await?;
+///         Ok(axum::Router::new())
+///     })
+/// }
+/// ```
 pub fn run<F, Fut>(config: Config, app: F) -> Result<(), Error>
 where
     F: FnOnce(Worker) -> Fut,

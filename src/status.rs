@@ -103,7 +103,8 @@ fn recent(ndjson: &str) -> String {
     let lines: Vec<&str> = ndjson.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut out = String::from("recent events:\n");
     for line in &lines[lines.len().saturating_sub(RECENT_EVENTS)..] {
-        let Ok(serde_json::Value::Object(ev)) = serde_json::from_str::<serde_json::Value>(line) else {
+        let Ok(serde_json::Value::Object(ev)) = serde_json::from_str::<serde_json::Value>(line)
+        else {
             continue;
         };
         let mut text = format!(

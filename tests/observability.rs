@@ -342,7 +342,10 @@ fn admin_endpoints_health_metrics_and_the_status_command() {
     // Under the table, the last lifecycle events: here the two workers' start.
     assert!(table.contains("recent events:"), "{table}");
     assert_eq!(table.matches(" worker_ready ").count(), 2, "{table}");
-    assert!(table.contains(" listening activated=false addr="), "{table}");
+    assert!(
+        table.contains(" listening activated=false addr="),
+        "{table}"
+    );
 
     // kill -9 of a worker shows in the restart counter and in /status.
     let victim = pids[0];

@@ -27,6 +27,12 @@ pub enum ForwardedError {
 }
 
 /// The networks whose connections may say who the client is (`--trusted-proxies`).
+///
+/// ```
+/// let trusted: sio_cluster::TrustedProxies = "10.0.0.0/8,192.168.1.7".parse().unwrap();
+/// assert!("not an address".parse::<sio_cluster::TrustedProxies>().is_err());
+/// # let _ = trusted;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     /// The trusted networks, in the order given (host bits cleared).

@@ -21,7 +21,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The wire protocol this build speaks; see the module documentation.
+/// The wire protocol this build speaks: the messages between the primary and its workers. A
+/// reload can deploy a build only if its `WIRE_VERSION` is the running primary's (CHANGELOG.md
+/// says each release's); otherwise restart the service.
+///
+/// ```
+/// println!("this build speaks wire protocol {}", sio_cluster::WIRE_VERSION);
+/// ```
 ///
 /// Builds for the two-build upgrade test set `SIO_CLUSTER_TEST_WIRE_VERSION` at compile time
 /// to make a build that is otherwise this one but speaks another version.

@@ -30,7 +30,24 @@ pub(crate) type AppService = tower::util::BoxCloneService<
 
 /// The worker's whole HTTP service as an app's tower layers see it
 /// ([`Cluster::layer`](crate::Cluster::layer)): Socket.IO (its path, every transport) in front of
-/// the app's axum routes.
+/// the app's axum routes. A layer written for it:
+///
+/// ```no_run
+/// use sio_cluster::HttpService;
+/// use tower::ServiceExt;
+///
+/// /// Adds `x-worker-pid` to every response, Socket.IO's included.
+/// fn with_pid(svc: HttpService) -> HttpService {
+///     let pid = std::process::id().to_string();
+///     HttpService::new(svc.map_response(move |mut r| {
+///         r.headers_mut().insert("x-worker-pid", pid.parse().unwrap());
+///         r
+///     }))
+/// }
+/// # fn demo(config: sio_cluster::Config) -> sio_cluster::Cluster {
+/// sio_cluster::Cluster::new(config).layer(tower::layer::layer_fn(with_pid))
+/// # }
+/// ```
 pub type HttpService = tower::util::BoxCloneService<
     http::Request<axum::body::Body>,
     http::Response<axum::body::Body>,

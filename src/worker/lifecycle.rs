@@ -42,6 +42,19 @@ pub(crate) struct Guards {
 
 /// Keeps the draining worker from closing its sessions and exiting while it lives (bounded by
 /// the drain timeout). Obtained from [`Shutdown::guard`].
+///
+/// ```no_run
+/// # async fn flush_to_db() {}
+/// # fn demo(worker: sio_cluster::Worker) {
+/// let guard = worker.shutdown.guard();
+/// let shutdown = worker.shutdown.clone();
+/// tokio::spawn(async move {
+///     shutdown.draining().await;
+///     flush_to_db().await;
+///     drop(guard); // now the worker may close its sessions and end
+/// });
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "the worker waits only while the guard is alive"]
 pub struct ShutdownGuard {

@@ -218,6 +218,15 @@ impl ClusterHandle {
 }
 
 /// Identity of the current worker process; also a socketioxide state (`State<WorkerInfo>`).
+///
+/// ```no_run
+/// use sio_cluster::{ClusterAdapter, WorkerInfo};
+/// use socketioxide::extract::{SocketRef, State};
+///
+/// async fn on_connect(s: SocketRef<ClusterAdapter>, State(me): State<WorkerInfo>) {
+///     let _ = s.emit("served-by", &format!("worker {} of {} (pid {})", me.index, me.workers, me.pid));
+/// }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerInfo {

@@ -54,6 +54,20 @@ use super::tracked::ConnEnd;
 ///
 /// Read it in axum handlers with `Extension<ClientAddr>`, or in socketioxide handlers from
 /// `socket.req_parts().extensions`.
+///
+/// ```no_run
+/// use sio_cluster::{ClientAddr, ClusterAdapter};
+/// use socketioxide::extract::SocketRef;
+///
+/// async fn on_connect(socket: SocketRef<ClusterAdapter>) {
+///     let client = socket.req_parts().extensions.get::<ClientAddr>().and_then(|c| c.0);
+///     tracing::info!(?client, "connected");
+/// }
+/// // And in an axum route:
+/// async fn who(axum::Extension(ClientAddr(client)): axum::Extension<ClientAddr>) -> String {
+///     format!("{client:?}")
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub Option<SocketAddr>);
 
