@@ -71,6 +71,30 @@ fn the_apps_layer_wraps_socketio_and_its_routes() {
     });
 }
 
+/// Connects `n` websocket clients, sends the primary `signal`, and checks that each client gets
+/// the app's `draining` event from one of `pids` (its own worker) before its session closes.
+fn goodbyes_on(c: &support::Cluster, n: usize, signal: i32, pids: &[u32]) {
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(
+                Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
+                    .await
+                    .unwrap(),
+            );
+        }
+        c.signal(signal);
+        for cl in &mut clients {
+            let ev = cl
+                .next_event_named("draining", T)
+                .await
+                .expect("draining event");
+            let pid = ev.args[0]["pid"].as_u64().unwrap() as u32;
+            assert!(pids.contains(&pid), "{pid} {pids:?}");
+        }
+    });
+}
+
 #[test]
 fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
     let c = Start::testapp(&[
@@ -84,26 +108,8 @@ fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
     .spawn();
     let events = c.events();
     let pids = c.worker_pids();
-    rt().block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..6 {
-            clients.push(
-                Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
-                    .await
-                    .unwrap(),
-            );
-        }
-        c.signal(libc::SIGHUP);
-        // Every client hears from the app of its own, old, worker before its session closes.
-        for cl in &mut clients {
-            let ev = cl
-                .next_event_named("draining", T)
-                .await
-                .expect("draining event");
-            let pid = ev.args[0]["pid"].as_u64().unwrap() as u32;
-            assert!(pids.contains(&pid), "{pid} {pids:?}");
-        }
-    });
+    // Every client hears from the app of its own, old, worker before its session closes.
+    goodbyes_on(&c, 6, libc::SIGHUP, &pids);
     events.wait_for("reload_finished", 1, Duration::from_secs(60));
     // Each drained worker waited for the app's guard, then `run` returned in it (no
     // `process::exit`), and it exited with status 0.
@@ -132,25 +138,7 @@ fn a_draining_worker_tells_the_app_waits_for_it_and_run_returns() {
     // the worker waits for the app's guard before it closes their sessions.
     let pids = c.worker_pids();
     let mut c = c;
-    rt().block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..4 {
-            clients.push(
-                Client::connect(ClientConfig::new(c.addr, Transport::WebSocket))
-                    .await
-                    .unwrap(),
-            );
-        }
-        c.signal(libc::SIGTERM);
-        for cl in &mut clients {
-            let ev = cl
-                .next_event_named("draining", T)
-                .await
-                .expect("draining event");
-            let pid = ev.args[0]["pid"].as_u64().unwrap() as u32;
-            assert!(pids.contains(&pid), "{pid} {pids:?}");
-        }
-    });
+    goodbyes_on(&c, 4, libc::SIGTERM, &pids);
     let status = c.wait_exit(T).expect("the primary stops");
     assert_eq!(status.code(), Some(0), "{}", c.logs());
     assert_eq!(

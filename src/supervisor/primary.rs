@@ -327,16 +327,20 @@ impl Primary {
         Ok(())
     }
 
-    /// Drains every worker within the drain timeout; a second signal or the timeout kills them.
-    async fn drain_all(&mut self) {
-        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
-        let handles: Vec<_> = self
-            .shared
+    /// Every worker handle, as the roster holds them now.
+    fn workers(&self) -> Vec<Arc<WorkerHandle>> {
+        self.shared
             .roster
             .read_unpoisoned()
             .iter()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Drains every worker within the drain timeout; a second signal or the timeout kills them.
+    async fn drain_all(&mut self) {
+        let timeout = Duration::from_millis(self.config.drain_timeout_ms);
+        let handles = self.workers();
         tracing::info!(workers = handles.len(), ?timeout, "draining workers");
         for h in &handles {
             drain(h, timeout, false);
@@ -619,13 +623,7 @@ impl Primary {
         // stricter than the timeout after which a silent worker is killed.
         let fresh = Duration::from_millis(cfg.heartbeat_interval_ms.saturating_mul(3).max(500));
         let mut all_answer = true;
-        let handles: Vec<_> = self
-            .shared
-            .roster
-            .read_unpoisoned()
-            .iter()
-            .cloned()
-            .collect();
+        let handles = self.workers();
         for h in &handles {
             match h.phase() {
                 Phase::Starting if h.started.elapsed() > ready_timeout => {
