@@ -88,6 +88,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// }
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Bad configuration.
     #[error(transparent)]
@@ -200,7 +201,9 @@ impl Cluster {
 
     /// Wraps each worker's whole HTTP service — Socket.IO's path with every transport, and the
     /// app's axum routes — in a tower layer: CORS, tracing, compression, auth... (tower-http's
-    /// layers fit). Layers added later wrap the earlier ones, as in axum.
+    /// layers fit). Layers added later wrap the earlier ones, as in axum. (`--health-path` is
+    /// answered by the cluster before any layer, so a load balancer's probe never needs the
+    /// app's auth.)
     pub fn layer<L, B>(mut self, layer: L) -> Self
     where
         L: tower_layer::Layer<HttpService> + 'static,
@@ -236,7 +239,9 @@ impl Cluster {
     /// returns the axum routes served next to Socket.IO.
     ///
     /// Call it from `main` before starting any thread. Blocks until the cluster stops; the
-    /// primary returns `Ok(())` after a clean shutdown (SIGTERM/SIGINT).
+    /// primary returns `Ok(())` after a clean shutdown (SIGTERM/SIGINT), and a worker returns
+    /// `Ok(())` once its drain is over or its primary is gone, so code after `run` runs in
+    /// both (it can tell them apart by whether its setup closure ran).
     ///
     /// With the `status` command (`app status --admin-listen ADDR`) it prints the workers of
     /// the cluster running there instead and returns; if nothing answers it prints one line

@@ -56,6 +56,7 @@ use spawn::Spawner;
 
 /// Errors of the primary.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SupervisorError {
     /// The listening socket could not be set up.
     #[error("cannot listen on {0}: {1} failed: {2} ({hint})", hint = listen_hint(.2))]

@@ -575,6 +575,10 @@ impl Primary {
             if done(self) {
                 return Wait::Done;
             }
+            // A watched task panicked: stop the roll; the primary drains and exits non-zero.
+            if self.task_failed.is_some() {
+                return Wait::Stop;
+            }
             tokio::select! {
                 ev = self.events.recv() => match ev {
                     Some(ev) => self.on_event(ev).await,

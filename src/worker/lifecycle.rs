@@ -41,7 +41,9 @@ pub(crate) struct Guards {
 }
 
 /// Keeps the draining worker from closing its sessions and exiting while it lives (bounded by
-/// the drain timeout). Obtained from [`Shutdown::guard`].
+/// the drain timeout, which the wait counts against: what is left of it after the guards goes
+/// to closing sessions). Obtained from [`Shutdown::guard`]. A worker whose primary is gone does
+/// not drain and does not wait for guards: it ends at once (there is nobody to hand over to).
 ///
 /// ```no_run
 /// # async fn flush_to_db() {}

@@ -61,6 +61,7 @@ const IPC_PREFIX: &str = "socket.io";
 
 /// Errors of a worker process.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The worker environment variable is malformed (not started by a primary?).
     #[error("malformed {var}: {0} (workers are started by the primary; do not set it by hand)", var = WorkerEnv::VAR)]
