@@ -44,6 +44,30 @@ fn exe_of(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
 
+/// Starts 2 workers from `bin`, a copy of `app` the test may overwrite (a deploy), with the
+/// given ready timeout; and follows the cluster's events.
+fn from_deployed_copy(
+    app: &Path,
+    bin: &Path,
+    ready_ms: &str,
+) -> (support::Cluster, support::Events) {
+    install(app, bin);
+    let mut start = Start::testapp(&[
+        "--workers",
+        "2",
+        "--ready-timeout-ms",
+        ready_ms,
+        "--drain-timeout-ms",
+        "2000",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    start.bin = bin.to_path_buf();
+    let c = start.spawn();
+    let events = c.events();
+    (c, events)
+}
+
 fn sorted(mut v: Vec<u32>) -> Vec<u32> {
     v.sort_unstable();
     v
@@ -183,20 +207,7 @@ fn a_broken_binary_neither_replaces_workers_nor_takes_the_primary_down() {
     let dir = tempfile::tempdir().unwrap();
     let app = example_bin("testapp");
     let bin = dir.path().join("testapp");
-    install(&app, &bin);
-    let mut start = Start::testapp(&[
-        "--workers",
-        "2",
-        "--ready-timeout-ms",
-        "5000",
-        "--drain-timeout-ms",
-        "2000",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    start.bin = bin.clone();
-    let mut c = start.spawn();
-    let events = c.events();
+    let (mut c, events) = from_deployed_copy(&app, &bin, "5000");
     let pids = sorted(c.worker_pids());
 
     // A bad deploy: the new binary dies at start.
@@ -273,20 +284,7 @@ fn a_worker_of_an_incompatible_build_is_refused_and_the_old_ones_keep_serving() 
     let dir = tempfile::tempdir().unwrap();
     let app = example_bin("testapp");
     let bin = dir.path().join("testapp");
-    install(&app, &bin);
-    let mut start = Start::testapp(&[
-        "--workers",
-        "2",
-        "--ready-timeout-ms",
-        "10000",
-        "--drain-timeout-ms",
-        "2000",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    start.bin = bin.clone();
-    let mut c = start.spawn();
-    let events = c.events();
+    let (mut c, events) = from_deployed_copy(&app, &bin, "10000");
     let pids = sorted(c.worker_pids());
     assert_eq!(pids.len(), 2);
 
